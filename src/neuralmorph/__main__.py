@@ -1,0 +1,3 @@
+from neuralmorph.cli import main
+
+main()

@@ -1,0 +1,197 @@
+"""Bring your own heads: a folder of meshes plus a manifest becomes a neuralmorph dataset.
+
+The manifest is CSV (header `path,subject,expression[,split]`) or YAML (a list of mappings with those
+keys, or `{heads: [...]}`); paths are relative to the manifest's folder. Registered meshes must share
+one topology (as LAMM's and NPHM's registrations do); raw scans may each have their own.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import yaml
+from tqdm import tqdm
+
+from neuralmorph.atomic import atomic_dir
+from neuralmorph.data.dataset import SPLITS, Head, HeadDataset
+from neuralmorph.errors import InputError
+from neuralmorph.frame import Frame, umeyama
+from neuralmorph.geometry.mesh import load_mesh, save_mesh
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """Turn a folder of .obj/.ply/.off/.stl meshes and a manifest into a dataset."""
+
+    manifest: Path
+    """CSV or YAML listing path, subject, expression and optionally split for every mesh."""
+    out: Path
+    """Output dataset folder (replaced atomically when the run succeeds)."""
+    kind: Literal["registered", "scans"] = "registered"
+    """registered: meshes in correspondence (one topology); scans: raw scans, any topology."""
+    units: Literal["mm", "cm", "dm", "m"] = "mm"
+    """Units of the mesh files; the dataset stores millimetres."""
+    align: Literal["none", "rigid"] = "none"
+    """registered only: rigidly align all meshes to their mean shape (generalised Procrustes)."""
+    landmarks: Path | None = None
+    """registered only: JSON or text file with the template vertex ids of the landmarks."""
+    regions: Path | None = None
+    """registered only: YAML/JSON mapping region name -> vertex ids; shared vertices get equal weights."""
+    test_fraction: float = 0.2
+    """Fraction of subjects held out as test when the manifest has no split column."""
+    seed: int = 0
+    """Seed for the subject split."""
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    path: Path
+    subject: str
+    expression: str
+    split: str | None
+
+
+def read_manifest(path: Path) -> list[ManifestRow]:
+    """Parse a CSV or YAML manifest; every problem is an InputError naming the manifest and the entry."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "manifest not found")
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            data = yaml.safe_load(path.read_text())
+            rows = data.get("heads") if isinstance(data, dict) else data
+            if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+                raise InputError(path, "YAML manifest must be a list of {path, subject, expression} mappings")
+        else:
+            with open(path, newline="") as fh:
+                rows = list(csv.DictReader(fh))
+    except (yaml.YAMLError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(path, f"cannot parse manifest: {exc}") from None
+    if not rows:
+        raise InputError(path, "manifest lists no meshes")
+    out, seen = [], set()
+    for i, row in enumerate(rows, start=1):
+        missing = [k for k in ("path", "subject", "expression") if not str(row.get(k) or "").strip()]
+        if missing:
+            raise InputError(path, f"entry {i} lacks {', '.join(missing)}")
+        key = (str(row["subject"]).strip(), str(row["expression"]).strip())
+        if key in seen:
+            raise InputError(path, f"entry {i} repeats subject {key[0]!r} expression {key[1]!r}")
+        seen.add(key)
+        split = str(row.get("split") or "").strip() or None
+        if split is not None and split not in SPLITS:
+            raise InputError(path, f"entry {i} has split {split!r}; use one of {', '.join(SPLITS)}")
+        out.append(ManifestRow(path.parent / str(row["path"]).strip(), key[0], key[1], split))
+    return out
+
+
+def read_vertex_ids(path: Path, n_vertices: int) -> np.ndarray:
+    try:
+        text = Path(path).read_text()
+        ids = np.asarray(json.loads(text) if text.lstrip().startswith("[") else text.split(), dtype=np.int64)
+    except FileNotFoundError:
+        raise InputError(path, "file not found") from None
+    except (ValueError, json.JSONDecodeError):
+        raise InputError(path, "expected a JSON list or whitespace-separated vertex ids") from None
+    if ids.ndim != 1 or (len(ids) and (ids.min() < 0 or ids.max() >= n_vertices)):
+        raise InputError(path, f"vertex ids must be a flat list in [0, {n_vertices})")
+    return ids
+
+
+def read_regions(path: Path, n_vertices: int) -> tuple[tuple[str, ...], np.ndarray]:
+    try:
+        data = yaml.safe_load(Path(path).read_text())  # YAML is a superset of JSON
+    except FileNotFoundError:
+        raise InputError(path, "file not found") from None
+    except yaml.YAMLError as exc:
+        raise InputError(path, f"cannot parse regions: {exc}") from None
+    if not isinstance(data, dict) or not data:
+        raise InputError(path, "regions must map region names to lists of vertex ids")
+    names = tuple(str(k) for k in data)
+    member = np.zeros((n_vertices, len(names)), np.float32)
+    for r, name in enumerate(names):
+        ids = np.asarray(data[name], dtype=np.int64).reshape(-1)
+        if len(ids) == 0 or ids.min() < 0 or ids.max() >= n_vertices:
+            raise InputError(path, f"region {name!r} must list vertex ids in [0, {n_vertices})")
+        member[ids, r] = 1.0
+    counts = member.sum(axis=1)
+    if (counts == 0).any():
+        raise InputError(path, f"{int((counts == 0).sum())} vertices (first {int(np.argmax(counts == 0))}) belong to no region")
+    return names, member / counts[:, None]  # overlaps are shared, never counted twice
+
+
+def _procrustes(vertices: np.ndarray, iterations: int = 5) -> np.ndarray:
+    """Rigidly align (S, N, 3) shapes to their evolving mean (generalised Procrustes, no scaling)."""
+    out = vertices.astype(np.float64).copy()
+    mean = out[0]
+    for _ in range(iterations):
+        for i in range(len(out)):
+            out[i] = umeyama(out[i], mean, with_scale=False).apply(out[i])
+        mean = out.mean(axis=0)
+    return out
+
+
+def _splits(rows: list[ManifestRow], fraction: float, seed: int) -> list[str]:
+    if all(r.split for r in rows):
+        return [r.split for r in rows]
+    subjects = sorted({r.subject for r in rows})
+    order = np.random.default_rng(seed).permutation(len(subjects))
+    test = {subjects[i] for i in order[: int(round(fraction * len(subjects)))]}
+    return [r.split or ("test" if r.subject in test else "train") for r in rows]
+
+
+def ingest(config: IngestConfig, progress: bool = True) -> HeadDataset:
+    """Validate every mesh in the manifest and write the dataset to `config.out`; returns it."""
+    rows = read_manifest(config.manifest)
+    splits = _splits(rows, config.test_fraction, config.seed)
+    if config.kind == "scans":
+        return _ingest_scans(config, rows, splits, progress)
+
+    first = None
+    verts = []
+    for row in tqdm(rows, desc="ingest", unit="mesh", disable=not progress):
+        mesh = load_mesh(row.path, units=config.units)
+        if first is None:
+            first = (row.path, mesh)
+        elif len(mesh.vertices) != len(first[1].vertices):
+            raise InputError(row.path, f"has {len(mesh.vertices)} vertices, expected {len(first[1].vertices)} "
+                                       f"like {first[0].name} (registered meshes must share one topology)")
+        elif not np.array_equal(mesh.faces, first[1].faces):
+            raise InputError(row.path, f"has different triangles from {first[0].name} (registered meshes must share one topology)")
+        verts.append(mesh.vertices)
+    vertices = np.stack(verts)
+    if config.align == "rigid":
+        vertices = _procrustes(vertices)
+    n = vertices.shape[1]
+    landmark_ids = read_vertex_ids(config.landmarks, n) if config.landmarks else np.zeros(0, np.int64)
+    region_names, region_weights = read_regions(config.regions, n) if config.regions else ((), None)
+    heads = [Head(r.subject, r.expression, s, i) for i, (r, s) in enumerate(zip(rows, splits))]
+    dataset = HeadDataset(heads, vertices.astype(np.float32), first[1].faces, landmark_ids, region_names,
+                          region_weights, Frame.fit(vertices.mean(axis=0)))
+    with atomic_dir(config.out) as tmp:
+        dataset.save(tmp)
+    return dataset
+
+
+def _safe_name(label: str) -> str:
+    """A label usable as part of a file name (labels are free text in the manifest)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", label)
+
+
+def _ingest_scans(config: IngestConfig, rows: list[ManifestRow], splits: list[str], progress: bool) -> HeadDataset:
+    heads = []
+    with atomic_dir(config.out) as tmp:
+        for row, split in tqdm(list(zip(rows, splits)), desc="ingest", unit="scan", disable=not progress):
+            mesh = load_mesh(row.path, units=config.units)
+            rel = f"scans/{_safe_name(row.subject)}_{_safe_name(row.expression)}.ply"
+            save_mesh(tmp / rel, mesh)
+            heads.append(Head(row.subject, row.expression, split, -1, rel))
+        dataset = HeadDataset(heads)
+        dataset.save(tmp)
+    return dataset

@@ -1,0 +1,153 @@
+"""The embedded head generator: registered heads in correspondence, plus raw scans of them.
+
+Identities blend the head model's macro phenotype targets (continuous gender, age, ethnicity, muscle and
+weight, so the population is neither Gaussian nor linear in its parameters) with random local targets.
+Expressions are sparse face-unit activations plus jaw opening and neck rotation through the skinning
+weights; rotations make expressions non-linear in vertex space, as real faces are. Expression 0 of
+each subject is neutral. Every subject draws from its own generator seeded by (seed, subject index), so
+a dataset is byte-identical for the same seed and growing `subjects` keeps the earlier subjects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from neuralmorph.atomic import atomic_dir
+from neuralmorph.data.dataset import Head, HeadDataset
+from neuralmorph.data.head_model import HeadModel, Phenotype
+from neuralmorph.data.scan import ScanConfig, raw_scan
+from neuralmorph.errors import InputError
+from neuralmorph.frame import Frame
+from neuralmorph.geometry.mesh import Mesh, save_mesh
+
+# The jaw is articulated through the skinning weights, so the jawOpen blendshape stays out of the random pool.
+_ARTICULATED_UNITS = ("jawOpen",)
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Generate a dataset of synthetic registered heads and their raw scans."""
+
+    out: Path
+    """Output dataset folder (replaced atomically when the run succeeds)."""
+    subjects: int = 20
+    """Number of identities."""
+    expressions: int = 5
+    """Heads per identity, the first one neutral."""
+    seed: int = 0
+    """Random seed; the same seed gives byte-identical files."""
+    test_fraction: float = 0.2
+    """Fraction of identities held out as the test split."""
+    scans: bool = True
+    """Also write a raw scan (own topology, noise, holes, random pose) of every head."""
+    scan_resolution_mm: float = 3.0
+    """Mean edge length of the raw scans."""
+    scan_noise_mm: float = 0.2
+    """Std of the scans' sensor noise along the normal (0 for none)."""
+    scan_holes: int = 2
+    """Holes punched into each scan (0 for none)."""
+    local_fraction: float = 0.3
+    """Fraction of the local shape modifiers each identity uses."""
+    max_jaw_deg: float = 20.0
+    """Largest jaw opening of an expression."""
+    max_neck_deg: float = 12.0
+    """Largest neck rotation per axis of an expression."""
+
+    def __post_init__(self):
+        if self.subjects < 1 or self.expressions < 1:
+            raise InputError("--subjects/--expressions", f"need at least 1 of each, got {self.subjects} and {self.expressions}")
+        if not 0 <= self.test_fraction < 1:
+            raise InputError("--test-fraction", f"must be in [0, 1), got {self.test_fraction}")
+
+
+def sample_identity(model: HeadModel, rng: np.random.Generator, local_fraction: float) -> tuple[Phenotype, np.ndarray]:
+    """A random adult: phenotype and local modifier values (L,) float64 in [-1, 1]."""
+    ethnicity = rng.dirichlet([0.7, 0.7, 0.7])
+    pheno = Phenotype(
+        gender=float(rng.beta(0.6, 0.6)),        # mostly clearly female or male, some in between
+        age=float(rng.uniform(0.45, 0.95)),      # MakeHuman's age scale: 0.5 is 25 years, 1.0 is 90
+        african=float(ethnicity[0]), asian=float(ethnicity[1]), caucasian=float(ethnicity[2]),
+        muscle=float(rng.beta(2.0, 2.0)),
+        weight=float(rng.beta(2.0, 2.0)),
+    )
+    n_local = len(model.local_modifier_names)
+    active = rng.uniform(size=n_local) < local_fraction
+    local = np.where(active, np.clip(rng.normal(0.0, 0.35, size=n_local), -1.0, 1.0), 0.0)
+    return pheno, local
+
+
+def sample_expression(model: HeadModel, rng: np.random.Generator, max_jaw_deg: float,
+                      max_neck_deg: float) -> tuple[np.ndarray, float, np.ndarray]:
+    """Sparse face units (52,) in [0, 1], jaw opening (radians) and neck rotation (3,) radians."""
+    names = model.face_unit_names
+    pool = np.array([i for i, n in enumerate(names) if n not in _ARTICULATED_UNITS])
+    units = np.zeros(len(names))
+    chosen = rng.choice(pool, size=int(rng.integers(1, 5)), replace=False)
+    units[chosen] = rng.uniform(0.3, 1.0, size=len(chosen))
+    jaw = float(np.deg2rad(max_jaw_deg) * rng.uniform()) if rng.uniform() < 0.6 else 0.0
+    neck = np.deg2rad(max_neck_deg) * rng.uniform(-1, 1, size=3) * (rng.uniform() < 0.6)
+    return units, jaw, neck
+
+
+def synthesize(config: SynthConfig, model: HeadModel | None = None, progress: bool = True) -> HeadDataset:
+    """Generate the dataset described by `config` and write it to `config.out`; returns it."""
+    model = model or HeadModel.load()
+    # Heads are stored centred on the template's bounding box, so the data sit around the origin.
+    template_frame = Frame.fit(model.vertices)
+    centre = template_frame.origin
+    frame = Frame(np.zeros(3), np.eye(3), template_frame.mm_per_unit)
+
+    n_test = int(round(config.test_fraction * config.subjects))
+    test_subjects = set(np.random.default_rng([config.seed, 2**31]).permutation(config.subjects)[:n_test].tolist())
+    scan_cfg = ScanConfig(config.scan_resolution_mm, config.scan_noise_mm, config.scan_holes)
+
+    heads, verts = [], []
+    params = {"phenotype": [], "local": [], "face_units": [], "jaw": [], "neck": []}
+    with atomic_dir(config.out) as tmp:
+        for s in tqdm(range(config.subjects), desc="synth", unit="subject", disable=not progress):
+            rng = np.random.default_rng([config.seed, s])
+            pheno, local = sample_identity(model, rng, config.local_fraction)
+            neutral = model.identity(pheno, local)
+            for e in range(config.expressions):
+                if e == 0:
+                    units, jaw, neck = np.zeros(len(model.face_unit_names)), 0.0, np.zeros(3)
+                else:
+                    units, jaw, neck = sample_expression(model, rng, config.max_jaw_deg, config.max_neck_deg)
+                v = model.articulate(neutral + model.expression_offsets(units), jaw, neck) - centre
+                subject, expression = f"subj{s:03d}", "neutral" if e == 0 else f"expr{e:02d}"
+                scan_path = ""
+                if config.scans:
+                    scan, pose = raw_scan(v, model.faces, scan_cfg, rng)
+                    scan_path = f"scans/{subject}_{expression}.ply"
+                    save_mesh(tmp / scan_path, scan)
+                    # The scan's landmarks, as a scanner operator would click them: registered ones in the scan's pose.
+                    np.savetxt(tmp / scan_path.replace(".ply", ".landmarks.txt"),
+                               pose.apply(v[model.landmark_ids]), fmt="%.4f")
+                    params.setdefault("scan_pose", []).append(pose.matrix)
+                split = "test" if s in test_subjects else "train"
+                heads.append(Head(subject, expression, split, len(verts), scan_path))
+                verts.append(v.astype(np.float32))
+                params["phenotype"].append([pheno.gender, pheno.age, pheno.african, pheno.asian, pheno.caucasian,
+                                            pheno.muscle, pheno.weight])
+                params["local"].append(local)
+                params["face_units"].append(units)
+                params["jaw"].append(jaw)
+                params["neck"].append(neck)
+        one_hot = np.zeros((len(model.vertices), len(model.region_names)), np.float32)
+        one_hot[np.arange(len(model.vertices)), model.region_labels] = 1.0
+        dataset = HeadDataset(
+            heads,
+            vertices=np.stack(verts),
+            faces=model.faces,
+            landmark_ids=model.landmark_ids,
+            region_names=tuple(model.region_names),
+            region_weights=one_hot,
+            frame=frame,
+            extras={f"synth.{k}": np.asarray(val, dtype=np.float64) for k, val in params.items()},
+        )
+        dataset.save(tmp)
+    return dataset
