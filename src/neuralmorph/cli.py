@@ -16,9 +16,15 @@ from typing import Annotated, Callable, Literal, Union
 import tyro
 
 from neuralmorph.errors import InputError, NeuralmorphError
+from neuralmorph.data.fetch import FetchConfig, run_fetch
 from neuralmorph.data.ingest import IngestConfig
 from neuralmorph.data.synth import SynthConfig
 from neuralmorph.demo import DemoConfig
+from neuralmorph.fitting.command import FitCommand, run_fit
+from neuralmorph.models.generate import (InterpolateConfig, SampleConfig, TransferConfig, run_interpolate,
+                                         run_sample, run_transfer)
+from neuralmorph.models.train import TrainPCAConfig, run_train_pca
+from neuralmorph.render import RenderConfig, run_render
 
 
 @dataclass(frozen=True)
@@ -185,25 +191,35 @@ COMMANDS: dict[str, object] = {
         "synth": (SynthConfig, run_synth),
         "ingest": (IngestConfig, run_ingest),
         "info": (InfoConfig, run_info),
+        "fetch": (FetchConfig, run_fetch),
     },
+    "train": {
+        "pca": (TrainPCAConfig, run_train_pca),
+    },
+    "fit": (FitCommand, run_fit),
+    "sample": (SampleConfig, run_sample),
+    "interpolate": (InterpolateConfig, run_interpolate),
+    "transfer": (TransferConfig, run_transfer),
     "align": (AlignConfig, run_align),
     "evaluate": (EvaluateConfig, run_evaluate),
+    "render": (RenderConfig, run_render),
     "demo": (DemoConfig, run_demo),
 }
 
-_GROUP_HELP = {"data": "Make, import and inspect datasets."}
+_GROUP_HELP = {"data": "Make, import and inspect datasets.", "train": "Train a model of one family on a dataset."}
 
 
 def _union(commands: dict) -> object:
-    """The tyro union type for a registry level: each verb becomes a named subcommand."""
+    """The tyro union type for one registry level: each verb (or verb group) becomes a named subcommand.
+
+    Groups appear as empty placeholder dataclasses carrying their help line; `_parse` walks into a group
+    by itself, so a group works the same with one member or many.
+    """
     members = []
     for name, entry in commands.items():
         if isinstance(entry, dict):
-            group = dataclass(frozen=True)(type(f"{name.title()}Group", (), {
-                "__doc__": _GROUP_HELP.get(name, name),
-                "__annotations__": {"command": tyro.conf.OmitSubcommandPrefixes[_union(entry)]},
-            }))
-            members.append(Annotated[group, tyro.conf.subcommand(name)])
+            placeholder = dataclass(frozen=True)(type(f"{name.title()}Group", (), {"__doc__": _GROUP_HELP.get(name, name)}))
+            members.append(Annotated[placeholder, tyro.conf.subcommand(name)])
         else:
             members.append(Annotated[entry[0], tyro.conf.subcommand(name)])
     return Union[tuple(members)]  # type: ignore[return-value]
@@ -216,13 +232,27 @@ def _runners(commands: dict) -> dict[type, Callable]:
     return out
 
 
+def _parse(args: list[str]) -> object:
+    """Walk verb groups (`data`, `train`) by hand, then let tyro parse the verb's own flags."""
+    level, prog = COMMANDS, "neuralmorph"
+    while args and isinstance(level.get(args[0]), dict):
+        prog, level, args = f"{prog} {args[0]}", level[args[0]], args[1:]
+    if len(level) == 1:
+        # tyro folds a one-member union into its member, which would drop the verb's name.
+        ((name, (config_cls, _)),) = level.items()
+        if not args or args[0] != name:
+            wants_help = args[:1] in (["-h"], ["--help"])
+            summary = (config_cls.__doc__ or "").strip().splitlines()[0]
+            print(f"usage: {prog} {{{name}}}\n\n  {name}: {summary}", file=sys.stdout if wants_help else sys.stderr)
+            raise SystemExit(0 if wants_help else 2)
+        return tyro.cli(config_cls, args=args[1:], prog=f"{prog} {name}")
+    return tyro.cli(_union(level), args=args, prog=prog, config=(tyro.conf.OmitSubcommandPrefixes,))
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     try:
-        cfg = tyro.cli(_union(COMMANDS), args=args, prog="neuralmorph",
-                       config=(tyro.conf.OmitSubcommandPrefixes,))
-        while hasattr(cfg, "command"):  # unwrap verb groups
-            cfg = cfg.command
+        cfg = _parse(list(args))
         _runners(COMMANDS)[type(cfg)](cfg)
     except NeuralmorphError as exc:
         print(f"neuralmorph: error: {exc}", file=sys.stderr)

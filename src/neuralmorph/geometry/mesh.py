@@ -252,12 +252,16 @@ def load_mesh(path: str | os.PathLike, units: str = "mm", allow_points: bool = F
     """Read .obj/.ply/.off/.stl keeping the file's vertex order exactly; coordinates scaled to mm.
 
     units: the unit the file is written in (a key of UNITS_MM).
-    allow_points: accept files without faces (the Mesh is then a point cloud).
+    allow_points: accept files without faces (the Mesh is then a point cloud), including the point
+    formats of `load_points` (.xyz/.txt/.npy).
     Raises InputError naming the path for anything wrong with the file.
     """
     path = Path(path)
     scale = _scale_for(units)
-    suffix = _check_file(path, MESH_SUFFIXES)
+    if allow_points and path.suffix.lower() in set(POINT_SUFFIXES) - set(MESH_SUFFIXES):
+        points, _ = load_points(path, units)
+        return Mesh(points, np.zeros((0, 3), np.int64))
+    suffix = _check_file(path, MESH_SUFFIXES + (POINT_SUFFIXES if allow_points else ()))
     v, f, _ = _read_any(path, suffix)
     _check_arrays(path, v, f, allow_points)
     return Mesh(v * scale, f)

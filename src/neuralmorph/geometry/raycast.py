@@ -55,13 +55,22 @@ class RayCaster:
         Returns pixel ids (K,) int64 (row-major), face ids (K,) int64, ray lengths t (K,) float64 and
         unit world ray directions (K, 3) float64; the hit point is camera.position + t * direction.
         """
-        dirs = camera._unit_dirs_cam @ camera.rotation  # (H*W, 3) world-frame unit directions
+        return self.cast_rays(camera.position, camera._unit_dirs_cam @ camera.rotation)
+
+    def cast_rays(self, origin: np.ndarray, directions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """First hits of rays from one origin (3,) along unit world directions (N, 3) float64.
+
+        Returns ray ids (K,) int64 (sorted), face ids (K,), ray lengths t (K,) and the hit rays'
+        directions (K, 3); the hit point is origin + t * direction.
+        """
+        origin = np.asarray(origin, dtype=np.float64)
+        dirs = np.asarray(directions, dtype=np.float64)
         # rays that miss the mesh's bounding sphere cannot hit it: skip them before Embree sees them
-        oc = self._centre - camera.position
+        oc = self._centre - origin
         along = dirs @ oc
         cand = np.flatnonzero((oc @ oc - along**2 <= self._radius**2) & (along > -self._radius))
         d = dirs[cand]
-        o = np.broadcast_to(camera.position, d.shape)
+        o = np.broadcast_to(origin, d.shape)
         tri, ray = self._intersector.intersects_id(o, d, multiple_hits=False, return_locations=False)
         ray = np.asarray(ray, dtype=np.int64)
         order = np.argsort(ray, kind="stable")
@@ -70,7 +79,7 @@ class RayCaster:
         # float64 distance to the hit face's plane: Embree only decides which face is hit
         n = self._plane_n[fid]
         with np.errstate(divide="ignore", invalid="ignore"):
-            t = np.einsum("ij,ij->i", n, self._v0[fid] - camera.position) / np.einsum("ij,ij->i", n, d)
+            t = np.einsum("ij,ij->i", n, self._v0[fid] - origin) / np.einsum("ij,ij->i", n, d)
         # grazing or degenerate hits have no stable plane distance; treat them as misses
         good = np.isfinite(t) & (t > 0)
         return pix[good], fid[good], t[good], d[good]

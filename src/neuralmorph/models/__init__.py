@@ -1,0 +1,6 @@
+"""Head-model families. Importing this package registers every family with `MorphableModel.load`."""
+
+from neuralmorph.models.base import MODELS, GaussianPrior, Latents, ModelConfig, MorphableModel, register
+from neuralmorph.models.pca import PCAConfig, PCAModel
+
+__all__ = ["MODELS", "GaussianPrior", "Latents", "ModelConfig", "MorphableModel", "register", "PCAConfig", "PCAModel"]

@@ -1,0 +1,120 @@
+"""`neuralmorph sample`, `interpolate` and `transfer`: new heads from a model's latent spaces."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from neuralmorph.atomic import atomic_dir
+from neuralmorph.errors import InputError
+from neuralmorph.geometry.mesh import Mesh, save_mesh
+from neuralmorph.models.base import Latents, MorphableModel
+from neuralmorph.models.latents import load_latents, save_latents
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """Draw new heads from a model's fitted prior."""
+
+    model: Path
+    """Model folder."""
+    out: Path
+    """Output folder: sample_000.ply, sample_000.json, ..."""
+    n: int = 8
+    """Number of heads."""
+    temperature: float = 1.0
+    """Spread of the draws (0: the mean head, 1: the prior, <1 more typical heads)."""
+    seed: int = 0
+    """Random seed (same seed, same heads, on any device)."""
+    device: str = "cpu"
+    """Torch device."""
+
+    def __post_init__(self):
+        if self.n < 1 or self.temperature < 0:
+            raise InputError("--n/--temperature", f"need n >= 1 and temperature >= 0, got {self.n}, {self.temperature}")
+
+
+@dataclass(frozen=True)
+class InterpolateConfig:
+    """Heads along the straight latent path between two latents files (from fit or sample)."""
+
+    model: Path
+    """Model folder."""
+    start: Path
+    """Latents file of the first head."""
+    end: Path
+    """Latents file of the last head."""
+    out: Path
+    """Output folder: interp_000.ply ... (and their latents)."""
+    steps: int = 5
+    """Heads along the path, both ends included."""
+    device: str = "cpu"
+    """Torch device."""
+
+    def __post_init__(self):
+        if self.steps < 2:
+            raise InputError("--steps", f"need at least 2 (the two ends), got {self.steps}")
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    """Put the expression of one head onto the identity of another."""
+
+    model: Path
+    """Model folder."""
+    identity: Path
+    """Latents file whose identity is kept."""
+    expression: Path
+    """Latents file whose expression is taken."""
+    out: Path
+    """Output mesh (.ply or .obj); its latents go next to it as .json."""
+    device: str = "cpu"
+    """Torch device."""
+
+
+def _write_heads(model: MorphableModel, latents: Latents, folder: Path, stem: str) -> None:
+    with torch.no_grad():
+        verts = model.decode(latents).double().cpu().numpy()
+    faces = model.faces.cpu().numpy()
+    with atomic_dir(folder) as tmp:
+        for i, v in enumerate(verts):
+            save_mesh(tmp / f"{stem}_{i:03d}.ply", Mesh(v, faces))
+            save_latents(tmp / f"{stem}_{i:03d}.json", model, {k: z[i:i + 1] for k, z in latents.items()})
+
+
+def interpolate(a: Latents, b: Latents, steps: int) -> Latents:
+    """(steps, K) codes per space on the segment from a to b (each (1, K)), ends included."""
+    t = torch.linspace(0.0, 1.0, steps, device=next(iter(a.values())).device)[:, None]
+    return {k: (1 - t) * a[k] + t * b[k] for k in a}
+
+
+def transfer(identity_of: Latents, expression_of: Latents) -> Latents:
+    """The identity-space codes of one head with every other space's codes from another."""
+    return {k: (identity_of[k] if k == "identity" else expression_of[k]).clone() for k in identity_of}
+
+
+def run_sample(cfg: SampleConfig) -> None:
+    model = MorphableModel.load(cfg.model, device=cfg.device)
+    _write_heads(model, model.sample(cfg.n, cfg.temperature, cfg.seed), cfg.out, "sample")
+    print(f"sampled {cfg.n} heads (temperature {cfg.temperature}, seed {cfg.seed}) -> {cfg.out}")
+
+
+def run_interpolate(cfg: InterpolateConfig) -> None:
+    model = MorphableModel.load(cfg.model, device=cfg.device)
+    path = interpolate(load_latents(cfg.start, model), load_latents(cfg.end, model), cfg.steps)
+    _write_heads(model, path, cfg.out, "interp")
+    print(f"wrote {cfg.steps} heads from {cfg.start} to {cfg.end} -> {cfg.out}")
+
+
+def run_transfer(cfg: TransferConfig) -> None:
+    model = MorphableModel.load(cfg.model, device=cfg.device)
+    if "identity" not in model.latent_sizes or len(model.latent_sizes) < 2:
+        raise InputError(cfg.model, "transfer needs a model with an identity space and an expression space")
+    latents = transfer(load_latents(cfg.identity, model), load_latents(cfg.expression, model))
+    with torch.no_grad():
+        verts = model.decode(latents)[0].double().cpu().numpy()
+    save_mesh(cfg.out, Mesh(verts, model.faces.cpu().numpy()))
+    save_latents(Path(cfg.out).with_suffix(".json"), model, latents)
+    print(f"identity of {cfg.identity} + expression of {cfg.expression} -> {cfg.out}")

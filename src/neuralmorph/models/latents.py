@@ -1,0 +1,51 @@
+"""Latent codes on disk: a small JSON file that `fit` and `sample` write and `interpolate`, `transfer`
+and `decode` read.
+
+    {"format": "neuralmorph.latents/1", "family": "pca", "latent_sizes": {...},
+     "latents": {"identity": [...], "expression": [...]}, "pose": {...} (optional)}
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from neuralmorph.atomic import write_json
+from neuralmorph.errors import InputError
+from neuralmorph.models.base import Latents, MorphableModel
+
+FORMAT = "neuralmorph.latents/1"
+
+
+def save_latents(path: str | Path, model: MorphableModel, latents: Latents, **extra) -> None:
+    """Write one head's latents (each (1, K) or (K,)) plus any JSON-able extras (e.g. pose)."""
+    data = {
+        "format": FORMAT,
+        "family": model.family,
+        "latent_sizes": model.latent_sizes,
+        "latents": {k: v.detach().reshape(-1).cpu().tolist() for k, v in latents.items()},
+        **extra,
+    }
+    write_json(path, data)
+
+
+def load_latents(path: str | Path, model: MorphableModel) -> Latents:
+    """Read a latents file and check it against `model`; returns space -> (1, K) float32 on its device."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "latents file not found")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(path, f"not valid JSON: {exc}") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise InputError(path, f"not a {FORMAT} file")
+    if data.get("family") != model.family:
+        raise InputError(path, f"holds {data.get('family')!r} latents, the model is {model.family!r}")
+    try:
+        latents = {k: torch.tensor(v, dtype=torch.float32, device=model.device)[None] for k, v in data["latents"].items()}
+    except (TypeError, ValueError, KeyError) as exc:
+        raise InputError(path, f"latents must be lists of numbers: {exc}") from None
+    return model.check_latents(latents, str(path))

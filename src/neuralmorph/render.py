@@ -1,0 +1,614 @@
+"""Shaded pictures of heads: ray-cast meshes, splatted point clouds, error heat-maps and PNG output.
+
+Frame: +y up, +z where the face looks, +x the subject's left, millimetres (any unit works: framing is
+automatic). A view name becomes a camera that frames a bounding box, so two meshes rendered with the
+same `frame_bbox` land on the same pixels (a fit and its ground truth line up side by side).
+
+Shading is Lambert with a head-light (so every visible surface is lit), a soft key light from the upper
+left and a little ambient, on smooth normals interpolated across each triangle. It is two-sided: the
+normal is flipped toward the viewer, so open meshes seen from behind are shaded, not black.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Literal, Sequence
+
+import numpy as np
+
+from .atomic import atomic_file
+from .errors import InputError
+from .geometry.camera import Camera, look_at
+from .geometry.raycast import RayCaster
+
+# direction from the subject toward the camera, and the world direction that is "up" in the image
+_VIEWS = {
+    "front": ((0.0, 0.0, 1.0), (0.0, 1.0, 0.0)),
+    # 35 degrees toward the subject's left (+x): the classic portrait three-quarter view
+    "three_quarter": ((np.sin(np.radians(35.0)), 0.0, np.cos(np.radians(35.0))), (0.0, 1.0, 0.0)),
+    "side": ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0)),  # profile seen from the subject's left
+    "back": ((0.0, 0.0, -1.0), (0.0, 1.0, 0.0)),
+    "top": ((0.0, 1.0, 0.0), (0.0, 0.0, 1.0)),  # from above, the face toward the top of the image
+}
+VIEWS: MappingProxyType = MappingProxyType({
+    k: (np.array(d, float) / np.linalg.norm(d), np.array(u, float)) for k, (d, u) in _VIEWS.items()
+})
+"""View name -> (unit direction from the subject toward the camera (3,), image-up direction (3,))."""
+
+CLAY = (0.80, 0.76, 0.72)
+"""Default albedo: a neutral warm clay grey (linear-ish RGB in [0, 1])."""
+
+_AMBIENT, _HEAD, _KEY = 0.16, 0.62, 0.30
+# toward the key light in the camera frame (x right, y down, z forward): upper left, in front
+_KEY_DIR = np.array([-0.45, -0.55, -0.70]) / np.linalg.norm([-0.45, -0.55, -0.70])
+_DISTANCE = 4.0  # camera distance in bounding radii: mild, portrait-lens perspective
+_MARGIN = 0.06  # fraction of the half-image left free around the framed box
+
+
+# ------------------------------------------------------------------------------------------ cameras
+
+
+def bounding_box(*point_sets: np.ndarray) -> np.ndarray:
+    """(2, 3) float64 [min, max] corners over all the given (N_i, 3) point arrays."""
+    pts = np.concatenate([np.asarray(p, dtype=np.float64).reshape(-1, 3) for p in point_sets])
+    if len(pts) == 0:
+        raise ValueError("bounding_box of no points")
+    return np.stack([pts.min(axis=0), pts.max(axis=0)])
+
+
+def view_camera(view: str, frame_bbox: np.ndarray, size: tuple[int, int] = (512, 512)) -> Camera:
+    """A camera for a named view that frames the box `frame_bbox` (2, 3) float: [min, max] corners.
+
+    size: (width, height) in pixels. The camera looks at the box centre from `_DISTANCE` bounding radii
+    away along the view direction; the focal length is the largest that keeps all eight box corners
+    inside the image with a small margin, so the same box always gives the same camera.
+    """
+    if view not in VIEWS:
+        raise InputError("view", f"unknown view {view!r}; expected one of {', '.join(VIEWS)}")
+    w, h = int(size[0]), int(size[1])
+    if w < 1 or h < 1:
+        raise ValueError(f"size must be positive, got {size}")
+    box = np.asarray(frame_bbox, dtype=np.float64).reshape(2, 3)
+    centre = box.mean(axis=0)
+    radius = max(0.5 * float(np.linalg.norm(box[1] - box[0])), 1e-9)  # a single point still frames
+    direction, up = VIEWS[view]
+    w2c = look_at(centre + _DISTANCE * radius * direction, centre, up)
+    corners = np.array([[box[i, 0], box[j, 1], box[k, 2]] for i in (0, 1) for j in (0, 1) for k in (0, 1)])
+    pc = corners @ w2c[:3, :3].T + w2c[:3, 3]
+    # every corner is in front of the camera (distance 4 r > r), so x/z and y/z are finite
+    ext = max(np.abs(pc[:, 0] / pc[:, 2]).max() / w, np.abs(pc[:, 1] / pc[:, 2]).max() / h, 1e-12)
+    f = 0.5 * (1.0 - _MARGIN) / ext
+    return Camera(f, f, (w - 1) / 2.0, (h - 1) / 2.0, w, h, w2c)
+
+
+def _supersampled(cam: Camera, s: int) -> Camera:
+    """The same view at s x s samples per pixel: pixel (i, j) covers samples (s*i..s*i+s-1, s*j..)."""
+    if s == 1:
+        return cam
+    # pixel j spans u in [j - 1/2, j + 1/2]; sample J = s*j + k sits at u = (J + 1/2) / s - 1/2
+    return Camera(cam.fx * s, cam.fy * s, s * (cam.cx + 0.5) - 0.5, s * (cam.cy + 0.5) - 0.5,
+                  cam.width * s, cam.height * s, cam.world_to_camera)
+
+
+def _resolve_camera(view: str | Camera, size: tuple[int, int], frame_bbox, fallback: np.ndarray) -> Camera:
+    if isinstance(view, Camera):
+        return view
+    box = bounding_box(fallback) if frame_bbox is None else np.asarray(frame_bbox, dtype=np.float64)
+    if box.shape != (2, 3) or not np.isfinite(box).all():
+        raise ValueError(f"frame_bbox must be a finite (2, 3) [min, max] array, got shape {box.shape}")
+    return view_camera(view, box, size)
+
+
+def _downsample(img: np.ndarray, s: int) -> np.ndarray:
+    """(H*s, W*s, C) float -> (H, W, C) float, the mean of each s x s block (box-filter anti-aliasing)."""
+    if s == 1:
+        return img
+    hs, ws, c = img.shape
+    return img.reshape(hs // s, s, ws // s, s, c).mean(axis=(1, 3))
+
+
+def _to_uint8(img: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
+
+
+def _albedo(colors, n: int, name: str) -> np.ndarray:
+    """(n, 3) float64 in [0, 1] from (n, 3) uint8 (0..255) or float (0..1) colours, or the clay default."""
+    if colors is None:
+        return np.broadcast_to(np.array(CLAY), (n, 3))
+    c = np.asarray(colors)
+    if c.shape != (n, 3):
+        raise ValueError(f"{name} must be ({n}, 3), got {c.shape}")
+    if c.dtype == np.uint8:
+        return c.astype(np.float64) / 255.0
+    c = c.astype(np.float64)
+    if not np.isfinite(c).all():
+        raise ValueError(f"{name} contain NaN or inf")
+    return np.clip(c, 0.0, 1.0)
+
+
+def _background(background) -> np.ndarray:
+    b = np.asarray(background, dtype=np.float64).reshape(3)
+    return b / 255.0
+
+
+# ------------------------------------------------------------------------------------------ meshes
+
+
+def _vertex_normals(v: np.ndarray, f: np.ndarray) -> np.ndarray:
+    """(V, 3) float64 area-weighted unit vertex normals following the winding; zero where undefined."""
+    cross = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])  # |cross| = 2 area: area weights
+    ids = f.ravel()
+    w = np.repeat(cross, 3, axis=0)
+    acc = np.stack([np.bincount(ids, w[:, k], minlength=len(v)) for k in range(3)], axis=1)
+    n = np.linalg.norm(acc, axis=1, keepdims=True)
+    return np.divide(acc, n, out=np.zeros_like(acc), where=n > 0)
+
+
+def _barycentric(p: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """(K, 3) float64 barycentric weights of points p (K, 3) in triangles (a, b, c) (each (K, 3)).
+
+    Clipped to the triangle and renormalised: Embree's float32 hit can sit a hair outside it.
+    """
+    e0, e1, ep = b - a, c - a, p - a
+    d00 = np.einsum("ij,ij->i", e0, e0)
+    d01 = np.einsum("ij,ij->i", e0, e1)
+    d11 = np.einsum("ij,ij->i", e1, e1)
+    d20 = np.einsum("ij,ij->i", ep, e0)
+    d21 = np.einsum("ij,ij->i", ep, e1)
+    den = d00 * d11 - d01 * d01
+    safe = np.where(np.abs(den) > 0, den, 1.0)
+    w1 = np.where(np.abs(den) > 0, (d11 * d20 - d01 * d21) / safe, 1.0 / 3.0)
+    w2 = np.where(np.abs(den) > 0, (d00 * d21 - d01 * d20) / safe, 1.0 / 3.0)
+    w = np.clip(np.stack([1.0 - w1 - w2, w1, w2], axis=1), 0.0, None)
+    return w / np.maximum(w.sum(axis=1, keepdims=True), 1e-12)
+
+
+def _shade(normals: np.ndarray, dirs: np.ndarray, rotation: np.ndarray) -> np.ndarray:
+    """(K,) float64 light intensity for unit normals (K, 3) seen along unit ray directions (K, 3).
+
+    rotation: (3, 3) world-to-camera rotation (the key light is fixed to the camera).
+    """
+    facing = -np.einsum("ij,ij->i", normals, dirs)  # > 0 when the normal faces the viewer
+    key = np.clip((normals * np.sign(facing)[:, None]) @ (rotation.T @ _KEY_DIR), 0.0, None)
+    return _AMBIENT + _HEAD * np.abs(facing) + _KEY * key
+
+
+class MeshRenderer:
+    """Shaded renders of one mesh from many views; the acceleration structure is built once.
+
+    vertices: (V, 3) float (any unit); faces: (F, 3) int, at least one face.
+    """
+
+    def __init__(self, vertices: np.ndarray, faces: np.ndarray):
+        self.vertices = np.ascontiguousarray(vertices, dtype=np.float64)
+        self.faces = np.ascontiguousarray(faces, dtype=np.int64)
+        if self.vertices.ndim != 2 or self.vertices.shape[1] != 3 or len(self.vertices) == 0:
+            raise ValueError(f"vertices must be (V, 3) with V > 0, got {self.vertices.shape}")
+        if not np.isfinite(self.vertices).all():
+            raise ValueError("vertices contain NaN or inf")
+        if self.faces.ndim != 2 or self.faces.shape[1] != 3 or len(self.faces) == 0:
+            raise ValueError(f"faces must be (F, 3) with F > 0, got {self.faces.shape}")
+        if self.faces.min() < 0 or self.faces.max() >= len(self.vertices):
+            raise ValueError(f"face ids must lie in [0, {len(self.vertices)})")
+        self._caster = RayCaster(self.vertices, self.faces)
+        self._vn = _vertex_normals(self.vertices, self.faces)
+        self._radius = 0.5 * float(np.linalg.norm(np.ptp(self.vertices, axis=0)))
+
+    def render(self, view: str | Camera = "front", size: tuple[int, int] = (512, 512),
+               vertex_colors: np.ndarray | None = None, background=(255, 255, 255),
+               frame_bbox: np.ndarray | None = None, supersample: int = 3) -> np.ndarray:
+        """See `render_mesh`."""
+        cam = _resolve_camera(view, size, frame_bbox, self.vertices)
+        s = int(supersample)
+        if s < 1:
+            raise ValueError(f"supersample must be >= 1, got {supersample}")
+        albedo = _albedo(vertex_colors, len(self.vertices), "vertex_colors")
+        n_pix = cam.height * cam.width
+        # rays only where some triangle's projected bounding rectangle lies: ~3x fewer than the image
+        cand = self._coverage(cam)
+        pix, fid, t, d = self._caster.cast_rays(cam.position, _pixel_rays(cam, cand, 1))
+        pix = cand[pix]
+        img = np.empty((n_pix, 3))
+        img[:] = _background(background)
+        img[pix] = self._colour(fid, t, d, cam, albedo)
+        if s > 1:
+            # anti-alias only where it shows: silhouettes and occlusion edges get s x s rays, averaged
+            depth = np.full(n_pix, np.inf)
+            depth[pix] = t
+            edge = np.flatnonzero(_edges(depth.reshape(cam.height, cam.width), 0.03 * self._radius))
+            if len(edge):
+                spix, sfid, st, sd = self._caster.cast_rays(cam.position, _pixel_rays(cam, edge, s))
+                sub = np.empty((len(edge) * s * s, 3))
+                sub[:] = _background(background)
+                sub[spix] = self._colour(sfid, st, sd, cam, albedo)
+                img[edge] = sub.reshape(len(edge), s * s, 3).mean(axis=1)
+        return _to_uint8(img.reshape(cam.height, cam.width, 3))
+
+    def _coverage(self, cam: Camera) -> np.ndarray:
+        """(K,) int64 sorted ids of the pixels whose centre may see the mesh (conservative).
+
+        Each triangle's projected pixel rectangle, grown by a pixel for Embree's float32 tolerance, is
+        added to a difference image whose 2D cumulative sum counts the rectangles over every pixel.
+        Every pixel is a candidate if any vertex is behind the camera (projection is not defined there).
+        """
+        uv, z = cam.project(self.vertices)
+        if not (z > 0).all():
+            return np.arange(cam.height * cam.width)
+        tri = uv[self.faces]  # (F, 3, 2)
+        lo = np.floor(tri.min(axis=1)).astype(np.int64) - 1
+        hi = np.ceil(tri.max(axis=1)).astype(np.int64) + 1
+        w, h = cam.width, cam.height
+        keep = (hi[:, 0] >= 0) & (lo[:, 0] < w) & (hi[:, 1] >= 0) & (lo[:, 1] < h)
+        c0, c1 = np.clip(lo[keep, 0], 0, w - 1), np.clip(hi[keep, 0], 0, w - 1) + 1
+        r0, r1 = np.clip(lo[keep, 1], 0, h - 1), np.clip(hi[keep, 1], 0, h - 1) + 1
+        diff = np.zeros((h + 1) * (w + 1), dtype=np.int64)
+        for r, c, sign in ((r0, c0, 1), (r0, c1, -1), (r1, c0, -1), (r1, c1, 1)):
+            diff += np.bincount(r * (w + 1) + c, minlength=len(diff)) * sign
+        count = diff.reshape(h + 1, w + 1).cumsum(axis=0).cumsum(axis=1)[:h, :w]
+        return np.flatnonzero(count.reshape(-1) > 0)
+
+    def _colour(self, fid: np.ndarray, t: np.ndarray, d: np.ndarray, cam: Camera, albedo: np.ndarray) -> np.ndarray:
+        """(K, 3) float64 shaded colours of hits: face ids (K,), ray lengths (K,), unit directions (K, 3)."""
+        tri = self.faces[fid]  # (K, 3)
+        hit = cam.position + t[:, None] * d
+        v = self.vertices
+        bary = _barycentric(hit, v[tri[:, 0]], v[tri[:, 1]], v[tri[:, 2]])
+        n = np.einsum("kj,kjc->kc", bary, self._vn[tri])
+        norm = np.linalg.norm(n, axis=1, keepdims=True)
+        # smooth normals cancel on knife edges (a fold seen edge-on): fall back to the flat normal there
+        n = np.where(norm > 1e-6, n / np.maximum(norm, 1e-12), self._caster.face_normals[fid])
+        return np.einsum("kj,kjc->kc", bary, albedo[tri]) * _shade(n, d, cam.rotation)[:, None]
+
+
+def _edges(depth: np.ndarray, jump: float) -> np.ndarray:
+    """(H, W) bool: pixels next to a hit/miss change or a depth jump > `jump` (depth (H, W), inf = miss)."""
+    edge = np.zeros(depth.shape, dtype=bool)
+    hit = np.isfinite(depth)
+    for a, b in ((np.s_[1:, :], np.s_[:-1, :]), (np.s_[:, 1:], np.s_[:, :-1])):
+        with np.errstate(invalid="ignore"):  # inf - inf between two misses
+            e = (hit[a] != hit[b]) | (hit[a] & hit[b] & (np.abs(depth[a] - depth[b]) > jump))
+        edge[a] |= e
+        edge[b] |= e
+    return edge.reshape(-1)
+
+
+def _pixel_rays(cam: Camera, pixels: np.ndarray, s: int) -> np.ndarray:
+    """Unit world directions (K*s*s, 3) of s x s sub-pixel rays through chosen pixel ids (K,) int.
+
+    The k-th pixel's samples are rays k*s*s .. k*s*s + s*s - 1 (s = 1: the pixel centre).
+    """
+    row, col = np.divmod(pixels, cam.width)
+    off = (np.arange(s) + 0.5) / s - 0.5  # sub-sample centres inside the pixel
+    oy, ox = np.meshgrid(off, off, indexing="ij")
+    u = col[:, None] + ox.reshape(1, -1)
+    v = row[:, None] + oy.reshape(1, -1)
+    dirs = np.stack([(u - cam.cx) / cam.fx, (v - cam.cy) / cam.fy, np.ones_like(u)], axis=-1).reshape(-1, 3)
+    return (dirs / np.linalg.norm(dirs, axis=1, keepdims=True)) @ cam.rotation
+
+
+def render_mesh(vertices: np.ndarray, faces: np.ndarray, view: str | Camera = "front",
+                size: tuple[int, int] = (512, 512), vertex_colors: np.ndarray | None = None,
+                background=(255, 255, 255), frame_bbox: np.ndarray | None = None,
+                supersample: int = 3) -> np.ndarray:
+    """Ray-cast, smooth-shaded picture of a triangle mesh.
+
+    vertices: (V, 3) float; faces: (F, 3) int.
+    view: a name in VIEWS (framed on `frame_bbox`, default the mesh's own bounding box) or a Camera
+        (then `size` and `frame_bbox` are ignored).
+    size: (width, height) in pixels.
+    vertex_colors: (V, 3) uint8 in 0..255 or float in [0, 1], interpolated across triangles; None for clay.
+    background: (3,) RGB 0..255.
+    frame_bbox: (2, 3) float [min, max] box to frame; pass the same box for renders that must line up.
+    supersample: s x s rays per pixel, averaged, on silhouette and occlusion-edge pixels (anti-aliasing
+        where it shows, at a fraction of the cost of supersampling everything); 1 for one ray per pixel.
+    Returns (H, W, 3) uint8.
+    """
+    return MeshRenderer(vertices, faces).render(view, size, vertex_colors, background, frame_bbox, supersample)
+
+
+# ------------------------------------------------------------------------------------------ points
+
+POINT_COLOR = (0.23, 0.40, 0.62)
+"""Default point colour: a slate blue that reads well on white."""
+
+
+def render_points(points: np.ndarray, view: str | Camera = "front", size: tuple[int, int] = (512, 512),
+                  colors: np.ndarray | None = None, radius_px: float = 2.0, frame_bbox: np.ndarray | None = None,
+                  background=(255, 255, 255), supersample: int = 2) -> np.ndarray:
+    """Z-buffered splats of a point cloud, each point a small shaded ball of `radius_px` pixels.
+
+    Farther points fade toward the background (up to half way) so the cloud's depth reads at a glance.
+
+    points: (P, 3) float; colors: (P, 3) uint8 0..255 or float [0, 1], or None for slate blue.
+    view, size, frame_bbox, background, supersample: as in `render_mesh`.
+    Returns (H, W, 3) uint8.
+    """
+    pts = np.asarray(points, dtype=np.float64)
+    if pts.ndim != 2 or pts.shape[1] != 3 or len(pts) == 0:
+        raise ValueError(f"points must be (P, 3) with P > 0, got {pts.shape}")
+    if not np.isfinite(pts).all():
+        raise ValueError("points contain NaN or inf")
+    s = int(supersample)
+    if s < 1:
+        raise ValueError(f"supersample must be >= 1, got {supersample}")
+    if colors is None:
+        albedo = np.broadcast_to(np.array(POINT_COLOR), (len(pts), 3))
+    else:
+        albedo = _albedo(colors, len(pts), "colors")
+    cam = _supersampled(_resolve_camera(view, size, frame_bbox, pts), s)
+    uv, z = cam.project(pts)
+    keep = np.flatnonzero(z > 0)
+    r = max(float(radius_px) * s, 0.5)
+    # disc footprint of one splat: integer pixel offsets and the sphere normal's depth component there
+    ri = int(np.ceil(r))
+    oy, ox = np.mgrid[-ri : ri + 1, -ri : ri + 1]
+    rho2 = (ox**2 + oy**2) / (r * r)
+    inside = rho2 <= 1.0
+    ox, oy, nz = ox[inside], oy[inside], np.sqrt(1.0 - rho2[inside])
+    # ball shading in the camera frame: normal (ox, oy, -nz) / r, lit like a mesh (head-light + key)
+    nrm = np.stack([ox / r, oy / r, -nz], axis=1)
+    shade = _AMBIENT + _HEAD * nz + _KEY * np.clip(nrm @ _KEY_DIR, 0.0, None)
+    cu = np.rint(uv[keep, 0]).astype(np.int64)
+    cv = np.rint(uv[keep, 1]).astype(np.int64)
+    px = (cu[:, None] + ox[None, :]).ravel()
+    py = (cv[:, None] + oy[None, :]).ravel()
+    # the ball's front surface is nearer than its centre by nz * (radius in world units at that depth)
+    zz = (z[keep][:, None] * (1.0 - nz[None, :] * r / cam.fx)).ravel()
+    pid = np.repeat(keep, len(ox))
+    sid = np.tile(np.arange(len(ox)), len(keep))
+    ok = (px >= 0) & (px < cam.width) & (py >= 0) & (py < cam.height)
+    px, py, zz, pid, sid = px[ok], py[ok], zz[ok], pid[ok], sid[ok]
+    flat = py * cam.width + px
+    order = np.lexsort((pid, zz, flat))  # per pixel nearest first; ties broken by point id (deterministic)
+    first = order[np.r_[True, flat[order][1:] != flat[order][:-1]]]
+    img = np.empty((cam.height * cam.width, 3))
+    img[:] = _background(background)
+    # depth cue: farther points fade toward the background, so front and back of a cloud separate
+    zk = z[keep]
+    fog = 0.5 * (z - zk.min()) / max(float(np.ptp(zk)), 1e-12)
+    bg = _background(background)
+    p, q = pid[first], sid[first]
+    img[flat[first]] = (albedo[p] * shade[q, None]) * (1.0 - fog[p, None]) + bg * fog[p, None]
+    return _to_uint8(_downsample(img.reshape(cam.height, cam.width, 3), s))
+
+
+# ------------------------------------------------------------------------------------------ colour maps
+
+# a perceptually ordered sequential ramp (our own anchors, viridis-like): indigo -> blue -> teal ->
+# green -> yellow, with CIE lightness rising strictly along it so the error reads as brightness too
+ERROR_ANCHORS = np.array([
+    [52, 18, 82],
+    [56, 70, 148],
+    [33, 126, 150],
+    [42, 168, 124],
+    [128, 200, 78],
+    [248, 226, 62],
+], dtype=np.float64)
+NAN_COLOR = (160, 160, 160)
+
+
+def _ramp(x: np.ndarray) -> np.ndarray:
+    """(N,) float in [0, 1] -> (N, 3) float64 RGB 0..255 along ERROR_ANCHORS (piecewise linear)."""
+    pos = np.clip(x, 0.0, 1.0) * (len(ERROR_ANCHORS) - 1)
+    i = np.minimum(pos.astype(np.int64), len(ERROR_ANCHORS) - 2)
+    f = (pos - i)[:, None]
+    return ERROR_ANCHORS[i] * (1.0 - f) + ERROR_ANCHORS[i + 1] * f
+
+
+def error_colors(values: np.ndarray, vmax_mm: float) -> np.ndarray:
+    """Per-vertex error colours: (V,) float mm -> (V, 3) uint8; 0 is dark indigo, >= vmax_mm yellow.
+
+    NaN values get a neutral grey. vmax_mm must be positive.
+    """
+    if not (vmax_mm > 0 and np.isfinite(vmax_mm)):
+        raise ValueError(f"vmax_mm must be positive and finite, got {vmax_mm}")
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    good = np.isfinite(v)
+    out = np.empty((len(v), 3), dtype=np.uint8)
+    out[good] = np.rint(_ramp(v[good] / vmax_mm)).astype(np.uint8)
+    out[~good] = NAN_COLOR
+    return out
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)  # Pillow >= 10.1: scalable built-in font
+    except TypeError:  # pragma: no cover - older Pillow: fixed bitmap font
+        return ImageFont.load_default()
+
+
+def colorbar(vmax_mm: float, height: int = 256, label: str = "mm", ticks: int = 5,
+             background=(255, 255, 255)) -> np.ndarray:
+    """A vertical colour bar for `error_colors`, from 0 (bottom) to vmax_mm (top).
+
+    Ticks fall on round numbers (steps of 1, 2, 2.5 or 5 x 10^k, about `ticks` of them); the top of
+    the bar reads "vmax+" because larger errors are clipped to it. Returns (height, W, 3) uint8.
+    """
+    from PIL import Image, ImageDraw
+
+    if not (vmax_mm > 0 and np.isfinite(vmax_mm)):
+        raise ValueError(f"vmax_mm must be positive and finite, got {vmax_mm}")
+    height = int(height)
+    if height < 40:
+        raise ValueError(f"height must be at least 40 px, got {height}")
+    font = _font(max(10, min(14, height // 16)))
+    pad, bar_w = 12, max(12, height // 14)
+    top, bottom = pad + 14, height - pad  # room above the bar for the unit label
+    step = _nice_step(vmax_mm / max(int(ticks), 1))
+    values = list(np.arange(0.0, vmax_mm * (1 + 1e-9), step))
+    # the top of the bar is labelled with vmax itself ("+": larger errors are clipped to it);
+    # a regular tick too close below it would collide with that label
+    if vmax_mm - values[-1] < 0.4 * step:
+        values.pop()
+    labels = [_tick_label(x, step) for x in values]
+    labels.append(f"{vmax_mm:.{max(_decimals(step), _decimals(vmax_mm))}f}+")
+    values.append(vmax_mm)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_w = max(probe.textlength(t, font=font) for t in labels + [label])
+    width = int(pad + bar_w + 6 + text_w + pad)
+    img = Image.new("RGB", (width, height), tuple(int(c) for c in background))
+    draw = ImageDraw.Draw(img)
+    # the bar itself: one ramp row per pixel, high values on top
+    rows = np.linspace(1.0, 0.0, bottom - top)
+    bar = np.repeat(_ramp(rows)[:, None, :], bar_w, axis=1)
+    img.paste(Image.fromarray(np.rint(bar).astype(np.uint8)), (pad, top))
+    draw.rectangle([pad - 1, top - 1, pad + bar_w, bottom], outline=(90, 90, 90))
+    for value, text in zip(values, labels):
+        y = bottom - 1 - (bottom - 1 - top) * value / vmax_mm
+        draw.line([pad + bar_w, y, pad + bar_w + 4, y], fill=(60, 60, 60))
+        draw.text((pad + bar_w + 7, y), text, fill=(40, 40, 40), font=font, anchor="lm")
+    draw.text((pad, top - 4), label, fill=(40, 40, 40), font=font, anchor="ls")
+    return np.asarray(img, dtype=np.uint8)
+
+
+def _nice_step(raw: float) -> float:
+    """The smallest of 1, 2, 2.5, 5 x 10^k that is >= raw (> 0)."""
+    k = np.floor(np.log10(raw))
+    for m in (1.0, 2.0, 2.5, 5.0, 10.0):
+        if m * 10**k >= raw * (1 - 1e-9):
+            return float(m * 10**k)
+    return float(10 ** (k + 1))  # pragma: no cover - unreachable
+
+
+def _decimals(x: float, most: int = 3) -> int:
+    """Fewest decimals (up to `most`) that write x exactly."""
+    for d in range(most + 1):
+        if abs(round(x, d) - x) <= 1e-9 * max(abs(x), 1.0):
+            return d
+    return most
+
+
+def _tick_label(value: float, step: float) -> str:
+    return f"{value:.{_decimals(step)}f}"
+
+
+# ------------------------------------------------------------------------------------------ images
+
+
+def _as_rgb(image: np.ndarray) -> np.ndarray:
+    a = np.asarray(image)
+    if a.dtype != np.uint8:
+        raise ValueError(f"images must be uint8, got {a.dtype}")
+    if a.ndim == 2:
+        a = np.repeat(a[:, :, None], 3, axis=2)
+    if a.ndim != 3 or a.shape[2] not in (3, 4):
+        raise ValueError(f"images must be (H, W), (H, W, 3) or (H, W, 4), got {a.shape}")
+    return a[:, :, :3]
+
+
+def hstack_images(images: Sequence[np.ndarray], pad: int = 8, background=(255, 255, 255)) -> np.ndarray:
+    """Images (H_i, W_i, 3) uint8 side by side, vertically centred, `pad` pixels apart -> (H, W, 3) uint8."""
+    imgs = [_as_rgb(im) for im in images]
+    if not imgs:
+        raise ValueError("hstack_images needs at least one image")
+    h = max(im.shape[0] for im in imgs)
+    w = sum(im.shape[1] for im in imgs) + pad * (len(imgs) - 1)
+    out = np.empty((h, w, 3), dtype=np.uint8)
+    out[:] = np.asarray(background, dtype=np.uint8)
+    x = 0
+    for im in imgs:
+        y = (h - im.shape[0]) // 2
+        out[y : y + im.shape[0], x : x + im.shape[1]] = im
+        x += im.shape[1] + pad
+    return out
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """PNG encoding of an (H, W), (H, W, 3) or (H, W, 4) uint8 image; same pixels -> same bytes."""
+    import io
+
+    from PIL import Image
+
+    a = np.asarray(image)
+    if a.dtype != np.uint8 or a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (3, 4)):
+        raise ValueError(f"expected an (H, W[, 3|4]) uint8 image, got {a.shape} {a.dtype}")
+    buf = io.BytesIO()
+    # no metadata chunks (no time stamps) and a fixed compression level: deterministic bytes
+    Image.fromarray(np.ascontiguousarray(a)).save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
+
+
+def save_png(path: str | os.PathLike, image: np.ndarray) -> None:
+    """Write an (H, W[, 3|4]) uint8 image as PNG, atomically; the same pixels always give the same bytes."""
+    data = png_bytes(image)
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data)
+
+
+# ------------------------------------------------------------------------------------------ CLI verb
+
+
+@dataclass(frozen=True)
+class RenderConfig:
+    """Render a mesh or point cloud from several views into one PNG (optionally an error heat-map)."""
+
+    mesh: Path
+    """Mesh (.ply/.obj/.off/.stl) or point cloud (.ply/.obj without faces) to render."""
+    out: Path
+    """PNG to write, the views side by side."""
+    views: tuple[str, ...] = ("front", "three_quarter", "side")
+    """Views, from: front, three_quarter, side, back, top."""
+    size: int = 512
+    """Width and height of each view in pixels."""
+    units: Literal["mm", "cm", "dm", "m"] = "mm"
+    """Units of the input files."""
+    errors_against: Path | None = None
+    """Ground-truth mesh in correspondence (same vertex count): colour by per-vertex error, with a colour bar."""
+    vmax_mm: float = 5.0
+    """Error (mm) at the top of the colour scale; larger errors are clipped to it."""
+
+    def __post_init__(self):
+        bad = [v for v in self.views if v not in VIEWS]
+        if not self.views or bad:
+            raise InputError("--views", f"unknown view(s) {bad}; choose from {', '.join(VIEWS)}")
+        if not 16 <= self.size <= 8192:
+            raise InputError("--size", f"must be between 16 and 8192 pixels, got {self.size}")
+        if not (self.vmax_mm > 0 and np.isfinite(self.vmax_mm)):
+            raise InputError("--vmax-mm", f"must be positive, got {self.vmax_mm}")
+
+
+def render_views(vertices: np.ndarray, faces: np.ndarray, views: Sequence[str] = ("front", "three_quarter", "side"),
+                 size: int = 512, vertex_colors: np.ndarray | None = None, frame_bbox: np.ndarray | None = None,
+                 pad: int = 8) -> np.ndarray:
+    """The named views of a mesh ((F, 3) faces) or a point cloud ((0, 3) faces) side by side.
+
+    vertices: (V, 3) float; vertex_colors: (V, 3) uint8 or float in [0, 1], or None; frame_bbox: (2, 3)
+    or None for the vertices' own box (shared by all views). Returns (size, W, 3) uint8.
+    """
+    v = np.asarray(vertices, dtype=np.float64)
+    box = bounding_box(v) if frame_bbox is None else frame_bbox
+    f = np.asarray(faces).reshape(-1, 3)
+    if len(f):
+        renderer = MeshRenderer(v, f)
+        imgs = [renderer.render(name, (size, size), vertex_colors, frame_bbox=box) for name in views]
+    else:
+        imgs = [render_points(v, name, (size, size), vertex_colors, frame_bbox=box) for name in views]
+    return hstack_images(imgs, pad=pad)
+
+
+def run_render(cfg: RenderConfig) -> None:
+    """`neuralmorph render`: load, (optionally) colour by error against the ground truth, render, save."""
+    from .geometry.mesh import load_mesh
+
+    mesh = load_mesh(cfg.mesh, units=cfg.units, allow_points=True)
+    colors, box, err = None, None, None
+    if cfg.errors_against is not None:
+        gt = load_mesh(cfg.errors_against, units=cfg.units)
+        if len(gt.vertices) != len(mesh.vertices):
+            raise InputError(cfg.errors_against, f"has {len(gt.vertices)} vertices, {cfg.mesh} has "
+                             f"{len(mesh.vertices)}: per-vertex errors need meshes in correspondence")
+        err = np.linalg.norm(mesh.vertices - gt.vertices, axis=1)
+        colors = error_colors(err, cfg.vmax_mm)
+        box = bounding_box(mesh.vertices, gt.vertices)  # both shapes fit, whichever is larger
+    image = render_views(mesh.vertices, mesh.faces, cfg.views, cfg.size, colors, box)
+    if err is not None:
+        bar = colorbar(cfg.vmax_mm, height=max(64, int(cfg.size * 0.7)))
+        image = hstack_images([image, bar], pad=8)
+    save_png(cfg.out, image)
+    extra = f", per-vertex error mean {err.mean():.3f} mm, max {err.max():.3f} mm" if err is not None else ""
+    print(f"rendered {cfg.mesh} ({', '.join(cfg.views)}) -> {cfg.out}{extra}")
