@@ -20,6 +20,7 @@ from neuralmorph.data.fetch import FetchConfig, run_fetch
 from neuralmorph.data.ingest import IngestConfig
 from neuralmorph.data.synth import SynthConfig
 from neuralmorph.demo import DemoConfig
+from neuralmorph.evaluation.model_quality import EvaluateModelConfig, run_evaluate_model
 from neuralmorph.fitting.command import FitCommand, run_fit
 from neuralmorph.models.generate import (InterpolateConfig, SampleConfig, TransferConfig, run_interpolate,
                                          run_sample, run_transfer)
@@ -202,6 +203,7 @@ COMMANDS: dict[str, object] = {
     "transfer": (TransferConfig, run_transfer),
     "align": (AlignConfig, run_align),
     "evaluate": (EvaluateConfig, run_evaluate),
+    "evaluate-model": (EvaluateModelConfig, run_evaluate_model),
     "render": (RenderConfig, run_render),
     "demo": (DemoConfig, run_demo),
 }

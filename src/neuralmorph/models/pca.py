@@ -95,8 +95,10 @@ class PCAModel(MorphableModel):
 
     def decode(self, latents: Latents) -> torch.Tensor:
         z_id, z_ex = latents["identity"], latents["expression"]
-        return (self.mean + torch.einsum("bk,knc->bnc", z_id, self.identity_basis)
-                + torch.einsum("bk,knc->bnc", z_ex, self.expression_basis))
+        n = self.n_vertices
+        # Flat (K, 3N) matrix products: several times faster than einsum over (K, N, 3) on CPU.
+        offsets = z_id @ self.identity_basis.reshape(-1, 3 * n) + z_ex @ self.expression_basis.reshape(-1, 3 * n)
+        return self.mean + offsets.reshape(-1, n, 3)
 
     # --- training ----------------------------------------------------------------------------------
 
