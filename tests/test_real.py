@@ -95,6 +95,8 @@ def test_crop_drops_what_the_other_surface_lacks(model):
     back = (v[f].mean(axis=1)[:, 2] < np.percentile(v[:, 2], 20))
     assert not kept[back].any()
     assert kept[face].mean() > 0.8
+    head = region_faces(model, "head")  # everything but the neck region
+    assert 0.5 * len(f) < head.sum() < len(f) and not (head & ~face & (v[f].mean(axis=1)[:, 1] < v[:, 1].min() + 20)).any()
 
 
 def test_shared_landmarks_skip_the_jaw_contour(model):
@@ -145,8 +147,10 @@ def test_head_scan_with_shoulders_is_cropped_at_the_neck(model):
     assert tf.record["fit_points_dropped_below_neck"] > 0
     shoulders = np.arange(len(f), len(sf))
     assert not tf.target_kept[shoulders].any()            # the slab is never scored
-    assert m["completeness_mm"] < 1.0 and m[LANDMARK_KEY] < 1.5, m
-    assert m["accuracy_mm"] < 1.0
+    # exact point-to-surface distances are tiny; the protocol's sampled ones sit at the 20k-point floor
+    # of a whole head (~1.5 mm between neighbouring samples)
+    assert m[WHOLE_KEY] < 0.5 and m[LANDMARK_KEY] < 1.0, m
+    assert m["completeness_mm"] < 2.0 and m["accuracy_mm"] < 2.0, m
 
 
 def test_evaluate_real_and_cli_runner(model, tmp_path):

@@ -21,6 +21,7 @@ from neuralmorph.data.ingest import IngestConfig
 from neuralmorph.data.synth import SynthConfig
 from neuralmorph.demo import DemoConfig
 from neuralmorph.evaluation.model_quality import EvaluateModelConfig, run_evaluate_model
+from neuralmorph.evaluation.real import RealEvalConfig, run_real_eval
 from neuralmorph.fitting.command import FitCommand, run_fit
 from neuralmorph.models.generate import (InterpolateConfig, SampleConfig, TransferConfig, run_interpolate,
                                          run_sample, run_transfer)
@@ -204,6 +205,7 @@ COMMANDS: dict[str, object] = {
     "align": (AlignConfig, run_align),
     "evaluate": (EvaluateConfig, run_evaluate),
     "evaluate-model": (EvaluateModelConfig, run_evaluate_model),
+    "evaluate-real": (RealEvalConfig, run_real_eval),
     "render": (RenderConfig, run_render),
     "demo": (DemoConfig, run_demo),
 }

