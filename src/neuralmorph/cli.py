@@ -105,7 +105,7 @@ def run_info(cfg: InfoConfig) -> None:
 def run_align(cfg: AlignConfig) -> None:
     from neuralmorph.atomic import write_json
     from neuralmorph.frame import icp_similarity, umeyama
-    from neuralmorph.geometry.mesh import Mesh, load_mesh, save_mesh
+    from neuralmorph.geometry.mesh import Mesh, load_mesh, load_points, save_mesh
 
     src = load_mesh(cfg.source, units=cfg.units, allow_points=True)
     ref = load_mesh(cfg.target, units=cfg.units)
@@ -113,10 +113,11 @@ def run_align(cfg: AlignConfig) -> None:
     if (cfg.source_landmarks is None) != (cfg.target_landmarks is None):
         raise InputError("--source-landmarks/--target-landmarks", "give both landmark files or neither")
     if cfg.source_landmarks is not None:
-        lm_src, lm_dst = _read_points(cfg.source_landmarks), _read_points(cfg.target_landmarks)
+        lm_src, _ = load_points(cfg.source_landmarks, cfg.units)
+        lm_dst, _ = load_points(cfg.target_landmarks, cfg.units)
         if lm_src.shape != lm_dst.shape:
             raise InputError(cfg.source_landmarks, f"has {len(lm_src)} landmarks, {cfg.target_landmarks} has {len(lm_dst)}")
-        init = umeyama(lm_src * _mm(cfg.units), lm_dst * _mm(cfg.units), with_scale=cfg.scale)
+        init = umeyama(lm_src, lm_dst, with_scale=cfg.scale)
     result = icp_similarity(src.vertices, ref.vertices, ref.faces, init=init, with_scale=cfg.scale)
     save_mesh(cfg.out, Mesh(result.transform.apply(src.vertices), src.faces))
     summary = {"transform": result.transform.as_dict(), "rmse_mm": result.rmse_mm,
@@ -145,26 +146,6 @@ def run_evaluate(cfg: EvaluateConfig) -> None:
     print(f"{cfg.pred} vs {cfg.gt} ({cfg.protocol}): accuracy {m['accuracy_mm']:.3f} mm, completeness "
           f"{m['completeness_mm']:.3f} mm, chamfer-L1 {m['chamfer_l1_mm']:.3f} mm, F@2.5mm {m['fscore@2.5mm']:.3f}"
           f" -> {cfg.out}")
-
-
-def _mm(units: str) -> float:
-    from neuralmorph.geometry.mesh import UNITS_MM
-
-    return UNITS_MM[units]
-
-
-def _read_points(path: Path):
-    import numpy as np
-
-    try:
-        pts = np.loadtxt(path, ndmin=2)
-    except OSError:
-        raise InputError(path, "file not found") from None
-    except ValueError as exc:
-        raise InputError(path, f"expected rows of x y z numbers: {exc}") from None
-    if pts.shape[1] != 3 or not np.isfinite(pts).all():
-        raise InputError(path, "expected rows of three finite numbers (x y z)")
-    return pts
 
 
 def run_synth(cfg: SynthConfig) -> None:

@@ -130,9 +130,9 @@ def run_demo(cfg: DemoConfig) -> dict:
             strip = hstack_images([render_points(points, "front", (320, 320), frame_bbox=bbox),
                                    render_mesh(res.vertices, faces, "front", (320, 320), frame_bbox=bbox),
                                    _heat(res.vertices, truth, faces, bbox, 5.0),
-                                   render_mesh(truth, faces, "front", (320, 320), frame_bbox=bbox)])
+                                   render_mesh(truth, faces, "front", (320, 320), frame_bbox=bbox), colorbar(5.0, 320)])
             pc_images.append((f"{h.subject}/{h.expression}: 2,500 input points · fit "
-                              f"({ev['metrics']['vertex_error_mm']:.2f} mm) · error 0–5 mm · ground truth", strip))
+                              f"({ev['metrics']['vertex_error_mm']:.2f} mm) · error · ground truth", strip))
     lap("point_cloud_fits_s")
 
     # -- raw scans: align (landmarks, ICP), then fit the scan's surface ----------------------------
@@ -152,7 +152,7 @@ def run_demo(cfg: DemoConfig) -> dict:
                       regions=face_region)
         scan_rows.append(ev["metrics"])
         strip = hstack_images([render_mesh(true_pose.inverse().apply(scan.vertices), scan.faces, "front", (320, 320),
-                                           frame_bbox=bbox), _heat(back, truth, faces, bbox, 5.0)])
+                                           frame_bbox=bbox), _heat(back, truth, faces, bbox, 5.0), colorbar(5.0, 320)])
         scan_images.append((f"{h.subject}/{h.expression}: raw scan ({len(scan.vertices)} vertices, holes, noise) · "
                             f"fit error ({ev['metrics']['vertex_error_mm']:.2f} mm)", strip))
     lap("scan_fits_s")
@@ -225,7 +225,6 @@ def _write_report(report: Report, result: dict, quality: dict, pc_images, scan_i
     report.add_metrics_table("Fitting held-out heads (mean over heads, mm)", rows)
     report.add_images("Single-view point-cloud fits", pc_images)
     report.add_images("Raw-scan fits", scan_images)
-    report.add_images("Error colour scale", [("per-vertex error, mm", colorbar(5.0))])
     report.add_images("Samples from the prior", [(f"sample {i}", render_mesh(v, faces, "three_quarter", (256, 256),
                                                                                 frame_bbox=bbox))
                                                  for i, v in enumerate(samples)])

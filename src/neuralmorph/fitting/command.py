@@ -15,7 +15,7 @@ from neuralmorph.errors import InputError
 from neuralmorph.evaluation.protocol import Protocol, evaluate
 from neuralmorph.fitting.loop import FitConfig, FitResult, fit, fit_registered, initial_pose
 from neuralmorph.fitting.terms import LandmarkTerm, PointToSurfaceTerm
-from neuralmorph.geometry.mesh import UNITS_MM, Mesh, load_mesh, save_mesh
+from neuralmorph.geometry.mesh import Mesh, load_mesh, load_points, save_mesh
 from neuralmorph.geometry.sampling import sample_surface
 from neuralmorph.models.base import MorphableModel
 from neuralmorph.models.latents import save_latents
@@ -48,18 +48,6 @@ class FitCommand:
     """The fitting loop's weights and schedule."""
 
 
-def _read_landmarks(path: Path, scale: float) -> np.ndarray:
-    try:
-        pts = np.loadtxt(path, ndmin=2)
-    except OSError:
-        raise InputError(path, "file not found") from None
-    except ValueError as exc:
-        raise InputError(path, f"expected rows of x y z numbers: {exc}") from None
-    if pts.shape[1] != 3 or not np.isfinite(pts).all():
-        raise InputError(path, "expected rows of three finite numbers (x y z)")
-    return pts * scale
-
-
 def fit_target(model: MorphableModel, target: Mesh, kind: str = "auto", landmarks: np.ndarray | None = None,
                n_points: int = 10_000, landmark_weight: float = 0.1, config: FitConfig = FitConfig(),
                seed: int = 0, progress: bool = False) -> tuple[FitResult, str]:
@@ -86,7 +74,7 @@ def run_fit(cfg: FitCommand) -> None:
     start = time.perf_counter()
     model = MorphableModel.load(cfg.model, device=cfg.device)
     target = load_mesh(cfg.target, units=cfg.units, allow_points=True)
-    landmarks = _read_landmarks(cfg.landmarks, UNITS_MM[cfg.units]) if cfg.landmarks else None
+    landmarks = load_points(cfg.landmarks, cfg.units)[0] if cfg.landmarks else None
     result, kind = fit_target(model, target, cfg.kind, landmarks, cfg.n_points, cfg.landmark_weight, cfg.fit,
                               progress=True)
     fitted = Mesh(result.vertices, model.faces.cpu().numpy())
