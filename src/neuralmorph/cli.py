@@ -20,6 +20,7 @@ from neuralmorph.data.fetch import FetchConfig, run_fetch
 from neuralmorph.data.ingest import IngestConfig
 from neuralmorph.data.synth import SynthConfig
 from neuralmorph.demo import DemoConfig
+from neuralmorph.evaluation.fidelity import FidelityConfig, run_fidelity
 from neuralmorph.evaluation.model_quality import EvaluateModelConfig, run_evaluate_model
 from neuralmorph.evaluation.real import RealEvalConfig, run_real_eval
 from neuralmorph.fitting.command import FitCommand, run_fit
@@ -188,10 +189,14 @@ COMMANDS: dict[str, object] = {
     "evaluate-model": (EvaluateModelConfig, run_evaluate_model),
     "evaluate-real": (RealEvalConfig, run_real_eval),
     "render": (RenderConfig, run_render),
+    "bench": {
+        "fidelity": (FidelityConfig, run_fidelity),
+    },
     "demo": (DemoConfig, run_demo),
 }
 
-_GROUP_HELP = {"data": "Make, import and inspect datasets.", "train": "Train a model of one family on a dataset."}
+_GROUP_HELP = {"data": "Make, import and inspect datasets.", "train": "Train a model of one family on a dataset.",
+               "bench": "Measure families side by side."}
 
 
 def _union(commands: dict) -> object:
