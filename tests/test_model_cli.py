@@ -111,3 +111,25 @@ def test_bad_inputs(model_dir, tmp_path, pca_data):
     assert not (tmp_path / "f").exists()
     _one_line_error(nm("train", "pca", "--data", tmp_path, "--out", tmp_path / "m"), "manifest")
     _one_line_error(nm("sample", "--model", model_dir, "--out", tmp_path / "s", "--n", 0), "--n")
+
+
+def test_train_regional_stage_1_then_2_and_edit(pca_data, tmp_path):
+    small = ["--model.dim", 32, "--model.heads", 2, "--model.encoder-depth", 1, "--model.decoder-depth", 1,
+             "--model.latent-size", 8, "--batch-size", 8, "--checkpoint-every", 2, "--val-every", 0, "--no-tensorboard"]
+    res = nm("train", "regional", "--data", pca_data, "--out", tmp_path / "r1", "--max-steps", 3, *small)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "r1" / "model" / "config.json").is_file()
+    assert (tmp_path / "r1" / "checkpoints" / "latest").is_file()
+    res = nm("sample", "--model", tmp_path / "r1" / "model", "--n", 1, "--out", tmp_path / "s")
+    assert res.returncode == 0, res.stderr
+    head = tmp_path / "s" / "sample_000.ply"
+    # a stage-1 model has no trained control pathway: editing is refused with one clear line
+    _one_line_error(nm("edit", "--model", tmp_path / "r1" / "model", "--target", head, "--resample-region", "nose",
+                       "--out", tmp_path / "e.ply"), "stage 1")
+    res = nm("train", "regional", "--data", pca_data, "--out", tmp_path / "r2", "--init", tmp_path / "r1" / "model",
+             "--model.stage", 2, "--max-steps", 3, *small)
+    assert res.returncode == 0, res.stderr
+    res = nm("edit", "--model", tmp_path / "r2" / "model", "--target", head, "--resample-region", "nose",
+             "--out", tmp_path / "e.ply")
+    assert res.returncode == 0, res.stderr
+    assert load_mesh(tmp_path / "e.ply").vertices.shape == load_mesh(head).vertices.shape

@@ -31,7 +31,7 @@ POSE = Similarity(1.0, Rotation.from_euler("xyz", [8, -20, 5], degrees=True).as_
 def model(tmp_path_factory):
     data = synthesize(SynthConfig(out=tmp_path_factory.mktemp("real") / "data", subjects=6, expressions=2,
                                   scans=False), progress=False)
-    return PCAModel.train(data, PCAConfig(identity_dims=4, expression_dims=2))
+    return PCAModel.from_dataset(data, PCAConfig(identity_dims=4, expression_dims=2))
 
 
 def _head(model) -> np.ndarray:

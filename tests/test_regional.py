@@ -88,20 +88,27 @@ def test_local_attention_edits_are_local_by_construction(ds):
     assert float(ch[outside].max()) == 0.0
 
 
-def test_stage2_training_makes_full_attention_edits_local(ds):
-    """Briefly trained tiny model (full attention, stage 1 then stage 2): change outside the region and
-    its 2-ring < 5% of the change inside."""
+def test_stage2_training_learns_local_edits(ds):
+    """Tiny model, stage 1 then stage 2 (default: local decoder attention): the manipulation loss falls,
+    the edit moves the region, and the change outside the region and its 2-ring is < 1e-6 of the change
+    inside (exactly 0 with hard regions)."""
     data = RegionalTrainData(ds, "train")
-    model = RegionalModel.build(ds, RegionalConfig(**TINY, alpha_ramp_steps=20))
-    quick_train(model, data, steps=20, batch_size=8, lr=1e-3, seed=0)
+    model = RegionalModel.build(ds, RegionalConfig(**TINY, alpha_ramp_steps=10))
+    quick_train(model, data, steps=10, batch_size=8, lr=1e-3, seed=0)
     model.with_config(stage=2)
-    logs = quick_train(model, data, steps=60, batch_size=8, lr=1e-3, seed=1)
-    assert np.isfinite(logs["manip"]) and np.isfinite(logs["local"])
+    torch.manual_seed(0)
+    with torch.no_grad():
+        _, first = model.training_loss({"vertices": data.vertices[:16]}, 40)
+    logs = quick_train(model, data, steps=40, batch_size=8, lr=1e-3, seed=1)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        _, last = model.training_loss({"vertices": data.vertices[:16]}, 40)
+    assert np.isfinite(logs["manip"]) and last["manip"] < first["manip"], (first, last)
     v = torch.as_tensor(ds.vertices[data.rows[0]])
     t = torch.as_tensor(ds.vertices[data.rows[5]])
     ctrl = model.control_vertices["nose"]
     ratio, inside = _locality_ratio(model, v, "nose", t[ctrl] - v[ctrl])
-    assert inside > 0.05 and ratio < 0.05, (ratio, inside)
+    assert inside > 1e-5 and ratio < 1e-6, (ratio, inside)
 
 
 def test_soft_regions_blend_without_double_counting(ds):
@@ -136,7 +143,7 @@ def test_save_load_round_trip_is_bit_exact(ds, tmp_path):
     model.fit_prior(ds)
     fit_control_prior(model, ds, shifts=2)
     model.save(tmp_path / "m")
-    loaded = MorphableModel.load(tmp_path / "m")
+    loaded = MorphableModel.load(tmp_path / "m").eval()
     assert isinstance(loaded, RegionalModel)
     for k, v in model.state_dict().items():
         assert torch.equal(v, loaded.state_dict()[k]), k

@@ -26,7 +26,8 @@ from neuralmorph.evaluation.real import RealEvalConfig, run_real_eval
 from neuralmorph.fitting.command import FitCommand, run_fit
 from neuralmorph.models.generate import (InterpolateConfig, SampleConfig, TransferConfig, run_interpolate,
                                          run_sample, run_transfer)
-from neuralmorph.models.train import TrainPCAConfig, run_train_pca
+from neuralmorph.models.edit import EditConfig, run_edit
+from neuralmorph.models.train import TrainPCAConfig, TrainRegionalConfig, run_train_pca, run_train_regional
 from neuralmorph.render import RenderConfig, run_render
 
 
@@ -179,11 +180,13 @@ COMMANDS: dict[str, object] = {
     },
     "train": {
         "pca": (TrainPCAConfig, run_train_pca),
+        "regional": (TrainRegionalConfig, run_train_regional),
     },
     "fit": (FitCommand, run_fit),
     "sample": (SampleConfig, run_sample),
     "interpolate": (InterpolateConfig, run_interpolate),
     "transfer": (TransferConfig, run_transfer),
+    "edit": (EditConfig, run_edit),
     "align": (AlignConfig, run_align),
     "evaluate": (EvaluateConfig, run_evaluate),
     "evaluate-model": (EvaluateModelConfig, run_evaluate_model),
@@ -250,3 +253,6 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("neuralmorph: interrupted", file=sys.stderr)
         raise SystemExit(130) from None
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        raise SystemExit(1) from None

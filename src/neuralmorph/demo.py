@@ -92,7 +92,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     data = synthesize(SynthConfig(out=out / "data", subjects=cfg.subjects, expressions=cfg.expressions,
                                   seed=cfg.seed, scans=False))
     lap("synth_s")
-    model = PCAModel.train(data, PCAConfig(cfg.identity_dims, cfg.expression_dims))
+    model = PCAModel.from_dataset(data, PCAConfig(cfg.identity_dims, cfg.expression_dims))
     model.save(out / "model")
     lap("train_s")
     faces = data.faces

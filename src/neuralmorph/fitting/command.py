@@ -15,6 +15,7 @@ from neuralmorph.errors import InputError
 from neuralmorph.evaluation.protocol import Protocol, evaluate
 from neuralmorph.fitting.loop import FitConfig, FitResult, fit, fit_registered, initial_pose
 from neuralmorph.fitting.terms import LandmarkTerm, PointToSurfaceTerm
+from neuralmorph.frame import Similarity
 from neuralmorph.geometry.mesh import Mesh, load_mesh, load_points, save_mesh
 from neuralmorph.geometry.sampling import sample_surface
 from neuralmorph.models.base import MorphableModel
@@ -57,7 +58,13 @@ def fit_target(model: MorphableModel, target: Mesh, kind: str = "auto", landmark
     if kind == "registered" and not registered:
         raise InputError("target", f"is not in the model's topology ({len(target.vertices)} vertices); use --kind points")
     if kind == "registered" or (kind == "auto" and registered):
-        return fit_registered(model, target.vertices), "registered"
+        if hasattr(model, "project_rigid"):  # linear families: exact closed form
+            return fit_registered(model, target.vertices), "registered"
+        # autoencoders: encode, then refine the latents against every vertex
+        latents = model.refine(target.vertices, steps=config.steps, lr=config.lr)
+        with torch.no_grad():
+            fitted = model.decode(latents)[0].double().cpu().numpy()
+        return FitResult(latents, Similarity(), fitted, []), "registered"
     if target.is_point_cloud:
         points = target.vertices
     else:

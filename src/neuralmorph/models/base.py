@@ -191,7 +191,7 @@ class MorphableModel(torch.nn.Module):
             model.load_state_dict(state, strict=True)
         except RuntimeError as exc:
             raise InputError(folder / WEIGHTS_FILE, f"weights do not match the config: {str(exc).splitlines()[0]}") from None
-        return model.to(device)
+        return model.to(device).eval()  # loaded models are for use; training puts them back in train mode
 
     @classmethod
     def from_saved(cls, config: ModelConfig, spec: dict, arrays: dict[str, np.ndarray]) -> "MorphableModel":

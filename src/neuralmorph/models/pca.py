@@ -103,7 +103,7 @@ class PCAModel(MorphableModel):
     # --- training ----------------------------------------------------------------------------------
 
     @classmethod
-    def train(cls, dataset: HeadDataset, config: PCAConfig = PCAConfig(), split: str = "train") -> "PCAModel":
+    def from_dataset(cls, dataset: HeadDataset, config: PCAConfig = PCAConfig(), split: str = "train") -> "PCAModel":
         """Fit both PCAs (and the priors) to the registered heads of one split of `dataset`."""
         if dataset.vertices is None:
             raise InputError("dataset", "the PCA model needs registered heads (this dataset holds raw scans only)")

@@ -74,10 +74,10 @@ class RegionalConfig(ModelConfig):
     """Feed-forward width of the transformers, × dim."""
     embed_size: int = 32
     """D: per-vertex embedding size of the point-wise encoder and decoder (coefficients per region)."""
-    decoder_attention: Literal["full", "local"] = "full"
-    """'full': every decoder token attends to every token (LAMM; locality is learned in stage 2);
-    'local': a region token attends only to the latent token and itself, so a control token cannot
-    reach another region at all (locality by construction)."""
+    decoder_attention: Literal["full", "local"] = "local"
+    """'local' (default): a region token attends only to the latent token and itself, so a control token
+    cannot reach another region at all (locality by construction, measured 0 change outside the region);
+    'full': every decoder token attends to every token (LAMM; locality must then be learned in stage 2)."""
     normalise: Literal["global", "vertex"] = "global"
     """Scale of the normalised offsets: one global σ, or a σ per vertex (LAMM)."""
     control_per_region: int = 6
