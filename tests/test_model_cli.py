@@ -133,3 +133,19 @@ def test_train_regional_stage_1_then_2_and_edit(pca_data, tmp_path):
              "--out", tmp_path / "e.ply")
     assert res.returncode == 0, res.stderr
     assert load_mesh(tmp_path / "e.ply").vertices.shape == load_mesh(head).vertices.shape
+
+
+def test_train_regional_under_torchrun_two_cpu_processes(pca_data, tmp_path):
+    import os
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = ["--data", pca_data, "--out", tmp_path / "ddp", "--max-steps", 2, "--batch-size", 4, "--checkpoint-every", 1,
+            "--val-every", 0, "--no-tensorboard", "--model.dim", 16, "--model.heads", 2, "--model.encoder-depth", 1,
+            "--model.decoder-depth", 1, "--model.latent-size", 4]
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
+                          "-m", "neuralmorph", "train", "regional", *map(str, args)],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("trained regional") == 1  # only rank 0 reports and writes
+    assert (tmp_path / "ddp" / "model" / "weights.safetensors").is_file()
+    assert sorted(p.name for p in (tmp_path / "ddp" / "checkpoints").iterdir()) == ["latest", "step_0000001", "step_0000002"]

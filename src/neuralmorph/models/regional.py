@@ -340,6 +340,9 @@ class RegionalModel(MorphableModel):
             for i, c in enumerate(control_counts) if c > 0})
         for mlp in self.control_mlp.values():   # start as a no-op: stage 2 learns it
             nn.init.zeros_(mlp[-1].weight)
+        # Stage 1 never feeds displacements, so the control MLPs get no gradient: freeze them (DDP
+        # insists that every trainable parameter takes part in the loss).
+        self.control_mlp.requires_grad_(config.stage >= 2)
         # per-region Gaussians over control displacements in mm (regional_prior.fit_control_prior)
         self.control_prior = nn.ModuleDict({str(i): GaussianPrior(3 * c) for i, c in enumerate(control_counts) if c > 0})
         mask = torch.zeros(r + 1, r + 1, dtype=torch.bool)
@@ -445,6 +448,7 @@ class RegionalModel(MorphableModel):
         if bad:
             raise InputError("regional config", f"cannot change {', '.join(bad)} of a trained model")
         self.config = replace(self.config, **changes)
+        self.control_mlp.requires_grad_(self.config.stage >= 2)
         r = self.n_regions
         mask = torch.zeros(r + 1, r + 1, dtype=torch.bool, device=self.device)
         if self.config.decoder_attention == "local":
