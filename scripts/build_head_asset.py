@@ -330,8 +330,10 @@ def build(wheel_path: Path) -> dict:
     faces = remap[tris_src]
     V = Vdm[used] * DM_TO_MM
     N = len(V)
-    vol = np.einsum("ij,ij->i", V[faces[:, 0]], np.cross(V[faces[:, 1]], V[faces[:, 2]])).sum()
-    print(f"region: {N} vertices, {len(faces)} triangles, neck loop of {len(neck_loop)} edges")
+    # Signed volume of the (neck-open) surface: positive means outward winding.
+    vol = np.einsum("ij,ij->i", V[faces[:, 0]], np.cross(V[faces[:, 1]], V[faces[:, 2]])).sum() / 6
+    print(f"region: {N} vertices, {len(faces)} triangles, neck loop of {len(neck_loop)} edges, "
+          f"signed volume {vol / 1e6:.2f} L (positive: outward winding)")
 
     # Ramp the head weight to 0 on the cut loop so the cut stays attached to a still torso.
     m = head_w[neck_loop].max()

@@ -12,8 +12,10 @@ from os import PathLike
 from pathlib import Path
 
 import numpy as np
+import safetensors.numpy
+import safetensors.torch
+import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.numpy import save_file
 
 from neuralmorph.atomic import atomic_file
 from neuralmorph.errors import InputError
@@ -21,20 +23,28 @@ from neuralmorph.errors import InputError
 _META_KEY = "neuralmorph"
 
 
-def save_arrays(path: str | PathLike, arrays: dict[str, np.ndarray], meta: dict) -> None:
-    """Write `arrays` (name -> array) and JSON-serialisable `meta` to `path`, atomically."""
-    tensors = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+def save_arrays(path: str | PathLike, arrays: dict[str, np.ndarray | torch.Tensor], meta: dict) -> None:
+    """Write `arrays` (name -> numpy array, or torch tensor: any torch dtype, bf16 included) and
+    JSON-serialisable `meta` to `path`, atomically."""
+    metadata = {_META_KEY: json.dumps(meta, sort_keys=True)}
     with atomic_file(path) as tmp:
-        save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(meta, sort_keys=True)})
+        if any(torch.is_tensor(v) for v in arrays.values()):
+            # clone: safetensors refuses tensors that share memory (tied weights); contiguous: dense storage
+            tensors = {k: torch.as_tensor(v).detach().to("cpu").contiguous().clone() for k, v in arrays.items()}
+            safetensors.torch.save_file(tensors, str(tmp), metadata=metadata)
+        else:
+            tensors = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+            safetensors.numpy.save_file(tensors, str(tmp), metadata=metadata)
 
 
-def load_arrays(path: str | PathLike) -> tuple[dict[str, np.ndarray], dict]:
-    """Read a file written by `save_arrays`; InputError naming the file if it is missing or not one."""
+def load_arrays(path: str | PathLike, framework: str = "numpy") -> tuple[dict, dict]:
+    """Read a file written by `save_arrays` as numpy arrays (framework "numpy") or torch tensors ("pt");
+    InputError naming the file if it is missing or not one."""
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "file not found")
     try:
-        with safe_open(str(path), framework="numpy") as fh:
+        with safe_open(str(path), framework=framework) as fh:
             meta = json.loads((fh.metadata() or {}).get(_META_KEY, "{}"))
             arrays = {k: fh.get_tensor(k) for k in fh.keys()}
     except (SafetensorError, OSError, ValueError) as exc:

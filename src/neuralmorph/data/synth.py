@@ -22,7 +22,7 @@ from neuralmorph.data.head_model import HeadModel, Phenotype
 from neuralmorph.data.scan import ScanConfig, raw_scan
 from neuralmorph.errors import InputError
 from neuralmorph.frame import Frame
-from neuralmorph.geometry.mesh import Mesh, save_mesh
+from neuralmorph.geometry.mesh import save_mesh
 
 # The jaw is articulated through the skinning weights, so the jawOpen blendshape stays out of the random pool.
 _ARTICULATED_UNITS = ("jawOpen",)

@@ -10,7 +10,7 @@ and the metrics.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from neuralmorph.atomic import atomic_dir
+from neuralmorph.config import Config
 from neuralmorph.errors import InputError
 from neuralmorph.frame import Frame
 from neuralmorph.tensorfile import load_arrays, save_arrays
@@ -72,19 +73,8 @@ class GaussianPrior(torch.nn.Module):
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(Config):
     """Base of every family's config: plain typed fields, saved as JSON next to the weights."""
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict, where: str = "config") -> "ModelConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise InputError(where, f"unknown {cls.__name__} field(s): {', '.join(sorted(unknown))}")
-        return cls(**d)
 
 
 class MorphableModel(torch.nn.Module):

@@ -26,11 +26,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from neuralmorph.atomic import atomic_dir, atomic_file
 from neuralmorph.errors import InputError
+from neuralmorph.tensorfile import load_arrays, save_arrays
 
 CHECKPOINT_DIR = "checkpoints"
 LATEST_FILE = "latest"
@@ -38,7 +37,6 @@ WEIGHTS_FILE = "weights.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "state.json"
 FORMAT = "neuralmorph.checkpoint/1"
-_META_KEY = "neuralmorph"          # same metadata convention as neuralmorph.tensorfile
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
@@ -47,25 +45,6 @@ def step_dir_name(step: int) -> str:
 
 
 # --- tensors <-> files --------------------------------------------------------------------------------
-
-def _save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    """Write CPU copies of `tensors` (any dtype torch has, bf16 included) with sorted-JSON metadata."""
-    # clone: safetensors refuses tensors sharing memory (tied weights); contiguous: it needs dense storage
-    cpu = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    save_file(cpu, str(path), metadata={_META_KEY: json.dumps(meta, sort_keys=True)})
-
-
-def _load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    if not path.is_file():
-        raise InputError(path, "checkpoint file not found")
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = json.loads((fh.metadata() or {}).get(_META_KEY, "{}"))
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise InputError(path, f"not a readable safetensors file ({exc})") from None
-    return tensors, meta
-
 
 # --- optimiser state ----------------------------------------------------------------------------------
 
@@ -180,8 +159,8 @@ def save_checkpoint(out: Path, step: int, model_state: dict[str, torch.Tensor], 
         rng_json[str(rank)] = rng["json"]
     full_state = {"format": FORMAT, "step": step, **state, "optimizer": opt_json, "rng": rng_json}
     with atomic_dir(root / name) as tmp:
-        _save_tensors(tmp / WEIGHTS_FILE, model_state, {"format": FORMAT, "step": step})
-        _save_tensors(tmp / OPTIMIZER_FILE, opt_tensors, {"format": FORMAT, "step": step})
+        save_arrays(tmp / WEIGHTS_FILE, model_state, {"format": FORMAT, "step": step})
+        save_arrays(tmp / OPTIMIZER_FILE, opt_tensors, {"format": FORMAT, "step": step})
         (tmp / STATE_FILE).write_text(json.dumps(full_state, indent=1, sort_keys=True, allow_nan=True) + "\n")
     with atomic_file(root / LATEST_FILE) as tmp:
         tmp.write_text(name + "\n")
@@ -245,8 +224,8 @@ def load_checkpoint(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, to
         raise InputError(state_path, f"not valid JSON: {exc}") from None
     if state.get("format") != FORMAT:
         raise InputError(state_path, f"not a {FORMAT} checkpoint (format {state.get('format')!r})")
-    weights, _ = _load_tensors(folder / WEIGHTS_FILE)
-    opt_tensors, _ = _load_tensors(folder / OPTIMIZER_FILE)
+    weights, _ = load_arrays(folder / WEIGHTS_FILE, framework="pt")
+    opt_tensors, _ = load_arrays(folder / OPTIMIZER_FILE, framework="pt")
     return weights, opt_tensors, state
 
 

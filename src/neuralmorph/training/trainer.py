@@ -22,7 +22,7 @@ import os
 import random
 import signal
 import warnings
-from dataclasses import asdict, dataclass, fields, is_dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -32,6 +32,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
 from neuralmorph.atomic import write_json
+from neuralmorph.config import Config
 from neuralmorph.errors import InputError, NeuralmorphError
 from neuralmorph.training import checkpoint as ckpt
 from neuralmorph.training.distributed import (DistInfo, all_gather_objects, barrier, init_distributed,
@@ -50,7 +51,7 @@ class TrainingDiverged(NeuralmorphError):
 
 
 @dataclass(frozen=True)
-class TrainerConfig:
+class TrainerConfig(Config):
     """How to train: steps, batch, optimiser and schedule, checkpoints, logging, device."""
 
     max_steps: int = 2000
@@ -120,16 +121,9 @@ class TrainerConfig:
         need(not self.amp or dev.type == "cuda", "--amp",
              f"mixed precision runs on CUDA only; device is {self.device!r} (drop --amp or use --device cuda)")
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
     @classmethod
     def from_dict(cls, d: dict, where: str = "trainer config") -> "TrainerConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise InputError(where, f"unknown TrainerConfig field(s): {', '.join(sorted(unknown))}")
-        return cls(**d)
+        return super().from_dict(d, where)
 
 
 @runtime_checkable
