@@ -7,8 +7,9 @@ import pytest
 
 from neuralmorph.geometry.mesh import Mesh, load_mesh, save_mesh
 
-NEW_VERBS = [["train"], ["train", "pca"], ["fit"], ["sample"], ["interpolate"], ["transfer"], ["evaluate-model"],
-             ["render"], ["data", "fetch"]]
+NEW_VERBS = [["train"], ["train", "pca"], ["train", "regional"], ["fit"], ["sample"], ["interpolate"], ["transfer"],
+             ["edit"], ["export"], ["evaluate-model"], ["evaluate-real"], ["render"], ["data", "fetch"],
+             ["bench"], ["bench", "fidelity"]]
 
 
 def nm(*args):
@@ -149,3 +150,18 @@ def test_train_regional_under_torchrun_two_cpu_processes(pca_data, tmp_path):
     assert res.stdout.count("trained regional") == 1  # only rank 0 reports and writes
     assert (tmp_path / "ddp" / "model" / "weights.safetensors").is_file()
     assert sorted(p.name for p in (tmp_path / "ddp" / "checkpoints").iterdir()) == ["latest", "step_0000001", "step_0000002"]
+
+
+def test_export_decodes_latents_to_any_mesh_format(model_dir, tmp_path):
+    assert nm("sample", "--model", model_dir, "--n", 1, "--out", tmp_path / "s").returncode == 0
+    res = nm("export", "--model", model_dir, "--latents", tmp_path / "s" / "sample_000.json", "--out", tmp_path / "h.obj")
+    assert res.returncode == 0, res.stderr
+    np.testing.assert_allclose(load_mesh(tmp_path / "h.obj").vertices, load_mesh(tmp_path / "s" / "sample_000.ply").vertices,
+                               atol=1e-9)
+    res = nm("export", "--model", model_dir, "--out", tmp_path / "mean.glb")
+    assert res.returncode == 0, res.stderr
+    import trimesh
+
+    glb = trimesh.load(tmp_path / "mean.glb", force="mesh")
+    assert 0.1 < glb.extents.max() < 0.5  # metres: a head is a few decimetres
+    _one_line_error(nm("export", "--model", model_dir, "--out", tmp_path / "x.xyz"), "x.xyz")

@@ -24,8 +24,8 @@ from neuralmorph.evaluation.fidelity import FidelityConfig, run_fidelity
 from neuralmorph.evaluation.model_quality import EvaluateModelConfig, run_evaluate_model
 from neuralmorph.evaluation.real import RealEvalConfig, run_real_eval
 from neuralmorph.fitting.command import FitCommand, run_fit
-from neuralmorph.models.generate import (InterpolateConfig, SampleConfig, TransferConfig, run_interpolate,
-                                         run_sample, run_transfer)
+from neuralmorph.models.generate import (ExportConfig, InterpolateConfig, SampleConfig, TransferConfig,
+                                         run_export, run_interpolate, run_sample, run_transfer)
 from neuralmorph.models.edit import EditConfig, run_edit
 from neuralmorph.models.train import TrainPCAConfig, TrainRegionalConfig, run_train_pca, run_train_regional
 from neuralmorph.render import RenderConfig, run_render
@@ -187,6 +187,7 @@ COMMANDS: dict[str, object] = {
     "interpolate": (InterpolateConfig, run_interpolate),
     "transfer": (TransferConfig, run_transfer),
     "edit": (EditConfig, run_edit),
+    "export": (ExportConfig, run_export),
     "align": (AlignConfig, run_align),
     "evaluate": (EvaluateConfig, run_evaluate),
     "evaluate-model": (EvaluateModelConfig, run_evaluate_model),

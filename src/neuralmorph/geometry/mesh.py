@@ -304,22 +304,28 @@ def _read_table(path: Path, suffix: str) -> np.ndarray:
         raise InputError(path, f"cannot parse as a point table ({e.__class__.__name__})") from None
 
 
-def save_mesh(path: str | os.PathLike, mesh: Mesh) -> None:
-    """Write .ply (binary little endian, float64 coordinates) or .obj by suffix, atomically.
+SAVE_SUFFIXES = (".ply", ".obj", ".stl", ".off", ".glb")
 
-    The same mesh always gives the same bytes (no timestamps, fixed number formatting). Coordinates are
-    written in millimetres at full float64 precision, so a load after a save gives the same arrays.
+
+def save_mesh(path: str | os.PathLike, mesh: Mesh) -> None:
+    """Write a mesh by suffix, atomically: .ply (binary little endian, float64) or .obj, our own writers;
+    .stl, .off or .glb through trimesh (for other tools; .glb in metres, as glTF requires).
+
+    .ply and .obj: the same mesh always gives the same bytes (no timestamps, fixed number formatting),
+    in millimetres at full float64 precision, so a load after a save gives the same arrays.
     """
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix not in (".ply", ".obj"):
-        raise InputError(path, f"cannot write {suffix!r}; use .ply or .obj")
+    if suffix not in SAVE_SUFFIXES:
+        raise InputError(path, f"cannot write {suffix!r}; use one of {', '.join(SAVE_SUFFIXES)}")
     with atomic_file(path) as tmp:
-        with open(tmp, "wb") as fh:
-            if suffix == ".ply":
-                _write_ply(fh, mesh)
-            else:
-                _write_obj(fh, mesh)
+        if suffix in (".ply", ".obj"):
+            with open(tmp, "wb") as fh:
+                (_write_ply if suffix == ".ply" else _write_obj)(fh, mesh)
+        else:
+            scale = 1e-3 if suffix == ".glb" else 1.0
+            tm = trimesh.Trimesh(mesh.vertices * scale, mesh.faces, process=False)
+            tm.export(str(tmp), file_type=suffix[1:])
 
 
 def _write_ply(fh, mesh: Mesh) -> None:

@@ -74,6 +74,20 @@ class TransferConfig:
     """Torch device."""
 
 
+@dataclass(frozen=True)
+class ExportConfig:
+    """Decode a latents file (or the average head) to a mesh: .ply, .obj, .stl, .off or .glb."""
+
+    model: Path
+    """Model folder."""
+    out: Path
+    """Mesh file; the format follows the suffix (.glb is written in metres, as glTF requires)."""
+    latents: Path | None = None
+    """Latents file (from fit or sample); default: the prior mean, the model's average head."""
+    device: str = "cpu"
+    """Torch device."""
+
+
 def _write_heads(model: MorphableModel, latents: Latents, folder: Path, stem: str) -> None:
     with torch.no_grad():
         verts = model.decode(latents).double().cpu().numpy()
@@ -118,3 +132,12 @@ def run_transfer(cfg: TransferConfig) -> None:
     save_mesh(cfg.out, Mesh(verts, model.faces.cpu().numpy()))
     save_latents(Path(cfg.out).with_suffix(".json"), model, latents)
     print(f"identity of {cfg.identity} + expression of {cfg.expression} -> {cfg.out}")
+
+
+def run_export(cfg: ExportConfig) -> None:
+    model = MorphableModel.load(cfg.model, device=cfg.device)
+    latents = load_latents(cfg.latents, model) if cfg.latents else model.zero_latents(1)
+    with torch.no_grad():
+        verts = model.decode(latents)[0].double().cpu().numpy()
+    save_mesh(cfg.out, Mesh(verts, model.faces.cpu().numpy()))
+    print(f"{'the average head' if cfg.latents is None else cfg.latents} -> {cfg.out}")
