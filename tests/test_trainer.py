@@ -216,3 +216,31 @@ def test_ddp_two_cpu_processes_match_one_process(tmp_path):
     rows_b = _rows(tmp_path / "one" / "metrics.csv")
     assert [r["step"] for r in rows_a] == [r["step"] for r in rows_b]
     assert float(rows_a[-1]["val/mse"]) == pytest.approx(float(rows_b[-1]["val/mse"]), rel=1e-5)
+
+
+class _PreviewAutoencoder(TinyAutoencoder):
+    """Adds the optional preview hook: a mesh of the reconstruction for TensorBoard."""
+
+    def preview(self, batch):
+        v = self(batch["vertices"][:1]).view(1, -1, 3)
+        return {"val/reconstruction": (v, torch.tensor([[[0, 1, 2], [1, 2, 3]]]))}
+
+
+def test_mesh_previews_reach_tensorboard_without_changing_training(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = _cfg(tensorboard=True, val_every=6)
+    plain = train(_model(noise=0.1), TinyHeads(24), cfg, tmp_path / "a", val_set=TinyHeads(6, start=24), progress=False)
+    torch.manual_seed(0)
+    with_preview = _PreviewAutoencoder(noise=0.1)
+    with_preview.load_state_dict(_model(noise=0.1).state_dict())
+    with_preview = train(with_preview, TinyHeads(24), cfg, tmp_path / "b", val_set=TinyHeads(6, start=24), progress=False)
+    for k, v in plain.state_dict().items():
+        assert torch.equal(v, with_preview.state_dict()[k]), k
+    events = EventAccumulator(str(tmp_path / "b" / "tensorboard"), size_guidance={"tensors": 0})
+    events.Reload()
+    tags = events.Tags()["tensors"]
+    assert any(t.startswith("val/reconstruction") for t in tags), tags
+    steps = {e.step for t in tags if t.startswith("val/reconstruction") for e in events.Tensors(t)}
+    assert steps == {6, 12}

@@ -72,7 +72,7 @@ def generalisation_mm(model: MorphableModel, held_out: torch.Tensor) -> float:
         with torch.no_grad():
             fitted = model.decode(model.project(held_out))
     elif hasattr(model, "refine"):
-        fitted = torch.cat([model.decode(model.refine(v)).detach() for v in held_out])
+        fitted = torch.cat([model.decode(model.refine(c)).detach() for c in held_out.split(64)])
     else:
         return float("nan")
     return float((fitted - held_out).norm(dim=-1).mean())

@@ -287,6 +287,12 @@ class RegionalTrainData(torch.utils.data.Dataset):
 # --- the model ----------------------------------------------------------------------------------------
 
 
+def _rank(singular_values: torch.Tensor, rel: float = 1e-5) -> int:
+    """Numerical rank: singular values above rel × the largest (the rest are round-off of absent variance)."""
+    s = singular_values
+    return int((s > rel * s[0]).sum()) if len(s) and s[0] > 0 else 0
+
+
 def _layer(dim: int, heads: int, ffn_mult: int) -> nn.TransformerEncoderLayer:
     return nn.TransformerEncoderLayer(dim, heads, dim * ffn_mult, dropout=0.0, activation="gelu",
                                       batch_first=True, norm_first=True)
@@ -401,7 +407,7 @@ class RegionalModel(MorphableModel):
                 continue
             xr = x[:, ids].reshape(len(x), -1).double()
             _, s, vt = torch.linalg.svd(xr - xr.mean(0), full_matrices=False)
-            k = min(d, len(s))
+            k = min(d, _rank(s))  # directions without variance (fewer heads than D) must not be whitened
             std = (s[:k] / math.sqrt(max(len(x) - 1, 1))).clamp_min(1e-3 * float(s[0]) / math.sqrt(len(x)) + 1e-8)
             comp = vt[:k].reshape(k, len(ids), 3).permute(1, 2, 0)   # (n_r, 3, k)
             w = self.region_weights[ids, r].double()[:, None, None]
@@ -419,7 +425,7 @@ class RegionalModel(MorphableModel):
         fs = feat_std.flatten()
         mu = pooled.double().mean(0)
         _, s, vt = torch.linalg.svd((pooled.double() - mu) * fs, full_matrices=False)
-        k = min(self.config.latent_size, len(s))
+        k = min(self.config.latent_size, _rank(s))
         sd = (s[:k] / math.sqrt(max(len(x) - 1, 1))).clamp_min(1e-6)
         w_enc = torch.zeros(self.config.latent_size, pooled.shape[1], dtype=torch.float64)
         w_enc[:k] = vt[:k] * fs / sd[:, None]
@@ -585,22 +591,33 @@ class RegionalModel(MorphableModel):
 
     def refine(self, vertices: torch.Tensor | np.ndarray, steps: int = 100, lr: float = 0.05,
                prior_weight: float = 1e-3) -> Latents:
-        """Encode a registered head (N, 3) mm, then optimise the latent against its vertices with the
-        fitting loop (VertexTerm, no pose). Returns {"global": (1, K)}."""
-        from neuralmorph.fitting.loop import FitConfig, fit
-        from neuralmorph.fitting.terms import VertexTerm
+        """Encode registered heads, then optimise each one's latent against its own vertices.
 
+        vertices: (N, 3) or (B, N, 3) float mm. Returns {"global": (B, K)} (B = 1 for one head).
+        Per head it minimises the fitting loop's objective with a vertex term and no pose — mean vertex
+        distance + prior_weight · ‖whitened latent‖² — with Adam on the whitened latent; the heads of a
+        batch are optimised together (their losses are summed, so each latent sees its own gradient).
+        """
         v = torch.as_tensor(np.asarray(vertices, np.float32) if not torch.is_tensor(vertices) else vertices,
                             device=self.device, dtype=torch.float32)
-        with torch.no_grad():
-            z0 = self.encode(v[None])
-        cfg = FitConfig(steps=steps, lr=lr, prior_weight=prior_weight, prior_weight_end=prior_weight,
-                        robust="l2", optimize_pose=False, pose_warmup=0)
+        v = v[None] if v.ndim == 2 else v
+        prior = self.prior["global"]
         was_training = self.training
         self.eval()
-        result = fit(self, [VertexTerm(v)], cfg, init_latents=z0)
-        self.train(was_training)
-        return result.latents
+        try:
+            with torch.no_grad():
+                w = prior.whiten(self.encode(v)["global"])
+            w.requires_grad_(True)
+            opt = torch.optim.Adam([w], lr=lr)
+            for _ in range(steps):
+                opt.zero_grad()
+                pred = self.decode({"global": prior.mean + w @ prior.scale_tril.T})
+                loss = ((pred - v).norm(dim=-1).mean(dim=1) + prior_weight * w.square().sum(dim=1)).sum()
+                loss.backward()
+                opt.step()
+        finally:
+            self.train(was_training)
+        return {"global": (prior.mean + w.detach() @ prior.scale_tril.T)}
 
     # --- training ----------------------------------------------------------------------------------
 
@@ -674,6 +691,12 @@ class RegionalModel(MorphableModel):
         v = batch["vertices"].to(self.device, self.mean.dtype)
         pred = self.decode(self.encode(v))
         return {"vertex_error_mm": float((pred - v).norm(dim=-1).mean())}
+
+    def preview(self, batch: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """TensorBoard meshes: the first validation head and its reconstruction (mm)."""
+        v = batch["vertices"][:1].to(self.device, self.mean.dtype)
+        faces = self.faces[None]
+        return {"val/target": (v, faces), "val/reconstruction": (self.decode(self.encode(v)), faces)}
 
     # --- priors ------------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Run logging: `metrics.csv` always, TensorBoard scalars when `tensorboard` is installed.
+"""Run logging: `metrics.csv` always, TensorBoard scalars (and mesh previews) when `tensorboard` is installed.
 
 Only rank 0 builds a `RunLogger` that writes; other ranks get a disabled one. `metrics.csv` holds one
 row per step that logged anything (step, lr, loss, the model's own logs, `val/...` metrics); when a new
@@ -104,6 +104,14 @@ class RunLogger:
         if self.writer is not None:
             for k, v in values.items():
                 self.writer.add_scalar(k if "/" in k else f"train/{k}", float(v), step)
+
+    def meshes(self, step: int, meshes: dict) -> None:
+        """TensorBoard mesh previews: name -> (vertices (1, V, 3) float, faces (1, F, 3) int); no-op without TB."""
+        if not self.enabled or self.writer is None:
+            return
+        for name, (vertices, faces) in meshes.items():
+            self.writer.add_mesh(name, vertices=vertices.detach().float().cpu(), faces=faces.detach().int().cpu(),
+                                 global_step=step)
 
     def flush(self) -> None:
         """Write everything recorded so far (called before each checkpoint, so files agree with it)."""

@@ -138,6 +138,8 @@ class Trainable(Protocol):
     Optional:
       validation_metrics(batch) -> dict[str, float]: per-batch means; the trainer reports their
         batch-size-weighted mean over the validation set as `val/<name>` (default: `val/loss`).
+      preview(batch) -> dict[str, (vertices (1, V, 3), faces (1, F, 3))]: meshes to show in TensorBoard,
+        made from the first validation item at each validation (rank 0 only, RNG state preserved).
       parameter_groups() -> list[dict]: AdamW parameter groups ({"params": [...], "lr": ..., ...});
         a group's "lr" is its peak learning rate and follows the same schedule.
     """
@@ -365,6 +367,17 @@ def _validate(model: torch.nn.Module, val_set: Dataset, config: TrainerConfig, i
     return {f"val/{k}": v / max(total_count, 1) for k, v in sorted(total.items())}
 
 
+def _preview(model: torch.nn.Module, val_set: Dataset, device: torch.device) -> dict:
+    """The model's TensorBoard meshes for the first validation item; touches no RNG stream and no weights."""
+    was_training = model.training
+    with _preserved_rng(device), torch.no_grad():
+        model.eval()
+        try:
+            return model.preview(_to_device(default_collate([val_set[0]]), device))
+        finally:
+            model.train(was_training)
+
+
 # --- the trainer --------------------------------------------------------------------------------------
 
 def train(model: torch.nn.Module, train_set: Dataset, config: TrainerConfig, out: str | Path,
@@ -546,6 +559,8 @@ def train(model: torch.nn.Module, train_set: Dataset, config: TrainerConfig, out
                     (config.val_every and done % config.val_every == 0) or done == config.max_steps):
                 metrics = _validate(model, val_set, config, info, step, autocast)
                 logger.log(done, metrics)
+                if info.is_main and logger.writer is not None and hasattr(model, "preview"):
+                    logger.meshes(done, _preview(model, val_set, info.device))
                 if metrics and info.is_main:
                     bar.write(f"step {done}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
 
