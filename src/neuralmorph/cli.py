@@ -24,6 +24,9 @@ from neuralmorph.evaluation.fidelity import FidelityConfig, run_fidelity
 from neuralmorph.evaluation.model_quality import EvaluateModelConfig, run_evaluate_model
 from neuralmorph.evaluation.real import RealEvalConfig, run_real_eval
 from neuralmorph.fitting.command import FitCommand, run_fit
+from neuralmorph.implicit.bench_extraction import ExtractionBenchConfig, run_extraction_bench
+from neuralmorph.implicit.train import (TrainImplicitGlobalConfig, TrainImplicitLocalConfig, run_train_implicit_global,
+                                       run_train_implicit_local)
 from neuralmorph.models.generate import (ExportConfig, InterpolateConfig, SampleConfig, TransferConfig,
                                          run_export, run_interpolate, run_sample, run_transfer)
 from neuralmorph.models.edit import EditConfig, run_edit
@@ -181,6 +184,8 @@ COMMANDS: dict[str, object] = {
     "train": {
         "pca": (TrainPCAConfig, run_train_pca),
         "regional": (TrainRegionalConfig, run_train_regional),
+        "implicit-global": (TrainImplicitGlobalConfig, run_train_implicit_global),
+        "implicit-local": (TrainImplicitLocalConfig, run_train_implicit_local),
     },
     "fit": (FitCommand, run_fit),
     "sample": (SampleConfig, run_sample),
@@ -195,6 +200,7 @@ COMMANDS: dict[str, object] = {
     "render": (RenderConfig, run_render),
     "bench": {
         "fidelity": (FidelityConfig, run_fidelity),
+        "extraction": (ExtractionBenchConfig, run_extraction_bench),
     },
     "demo": (DemoConfig, run_demo),
 }

@@ -9,6 +9,7 @@ and the metrics.
 
 from __future__ import annotations
 
+import importlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from neuralmorph.atomic import atomic_dir
 from neuralmorph.config import Config
 from neuralmorph.errors import InputError
 from neuralmorph.frame import Frame
+from neuralmorph.geometry.mesh import Mesh
 from neuralmorph.tensorfile import load_arrays, save_arrays
 
 CONFIG_FILE = "config.json"
@@ -29,6 +31,10 @@ WEIGHTS_FILE = "weights.safetensors"
 Latents = dict[str, torch.Tensor]  # space name -> (B, K_space) float32
 
 MODELS: dict[str, type["MorphableModel"]] = {}
+
+# Families defined outside `neuralmorph.models`, imported on first load (importing them here would be
+# circular: they subclass MorphableModel).
+_FAMILY_MODULES = {"implicit-global": "neuralmorph.implicit.model", "implicit-local": "neuralmorph.implicit.model"}
 
 
 def register(cls: type["MorphableModel"]) -> type["MorphableModel"]:
@@ -104,6 +110,16 @@ class MorphableModel(torch.nn.Module):
         """latents: space -> (B, K) float32 -> vertices (B, N, 3) float32 millimetres."""
         raise NotImplementedError
 
+    @torch.no_grad()
+    def meshes(self, latents: Latents, resolution: int = 128) -> list[Mesh]:
+        """latents: space -> (B, K) float32 -> B meshes in millimetres, what every verb that writes heads
+        (sample, interpolate, transfer, export) calls. Registered families: `decode` plus the shared
+        `faces` (`resolution` is unused); families without a registered topology (the implicit ones)
+        override it (e.g. marching cubes at `resolution` cells per axis)."""
+        verts = self.decode(latents).double().cpu().numpy()
+        faces = self.faces.cpu().numpy()
+        return [Mesh(v, faces) for v in verts]
+
     # --- shared behaviour ------------------------------------------------------------------------
 
     @property
@@ -169,6 +185,8 @@ class MorphableModel(torch.nn.Module):
         except json.JSONDecodeError as exc:
             raise InputError(cfg_path, f"not valid JSON: {exc}") from None
         family = spec.get("family")
+        if family not in MODELS and family in _FAMILY_MODULES:
+            importlib.import_module(_FAMILY_MODULES[family])
         if family not in MODELS:
             raise InputError(cfg_path, f"unknown model family {family!r} (known: {', '.join(sorted(MODELS))})")
         klass = MODELS[family]

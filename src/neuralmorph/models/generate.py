@@ -9,7 +9,7 @@ import torch
 
 from neuralmorph.atomic import atomic_dir
 from neuralmorph.errors import InputError
-from neuralmorph.geometry.mesh import Mesh, save_mesh
+from neuralmorph.geometry.mesh import save_mesh
 from neuralmorph.models.base import Latents, MorphableModel
 from neuralmorph.models.latents import load_latents, save_latents
 
@@ -30,10 +30,13 @@ class SampleConfig:
     """Random seed (same seed, same heads, on any device)."""
     device: str = "cpu"
     """Torch device."""
+    resolution: int = 128
+    """Grid cells per axis when the model is an implicit (SDF) family; unused by mesh families."""
 
     def __post_init__(self):
         if self.n < 1 or self.temperature < 0:
             raise InputError("--n/--temperature", f"need n >= 1 and temperature >= 0, got {self.n}, {self.temperature}")
+        _check_resolution(self.resolution)
 
 
 @dataclass(frozen=True)
@@ -52,10 +55,13 @@ class InterpolateConfig:
     """Heads along the path, both ends included."""
     device: str = "cpu"
     """Torch device."""
+    resolution: int = 128
+    """Grid cells per axis when the model is an implicit (SDF) family; unused by mesh families."""
 
     def __post_init__(self):
         if self.steps < 2:
             raise InputError("--steps", f"need at least 2 (the two ends), got {self.steps}")
+        _check_resolution(self.resolution)
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,11 @@ class TransferConfig:
     """Output mesh (.ply or .obj); its latents go next to it as .json."""
     device: str = "cpu"
     """Torch device."""
+    resolution: int = 128
+    """Grid cells per axis when the model is an implicit (SDF) family; unused by mesh families."""
+
+    def __post_init__(self):
+        _check_resolution(self.resolution)
 
 
 @dataclass(frozen=True)
@@ -86,15 +97,23 @@ class ExportConfig:
     """Latents file (from fit or sample); default: the prior mean, the model's average head."""
     device: str = "cpu"
     """Torch device."""
+    resolution: int = 128
+    """Grid cells per axis when the model is an implicit (SDF) family; unused by mesh families."""
+
+    def __post_init__(self):
+        _check_resolution(self.resolution)
 
 
-def _write_heads(model: MorphableModel, latents: Latents, folder: Path, stem: str) -> None:
-    with torch.no_grad():
-        verts = model.decode(latents).double().cpu().numpy()
-    faces = model.faces.cpu().numpy()
+def _check_resolution(resolution: int) -> None:
+    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 2:
+        raise InputError("--resolution", f"must be an integer >= 2, got {resolution!r}")
+
+
+def _write_heads(model: MorphableModel, latents: Latents, folder: Path, stem: str, resolution: int) -> None:
+    meshes = model.meshes(latents, resolution=resolution)
     with atomic_dir(folder) as tmp:
-        for i, v in enumerate(verts):
-            save_mesh(tmp / f"{stem}_{i:03d}.ply", Mesh(v, faces))
+        for i, mesh in enumerate(meshes):
+            save_mesh(tmp / f"{stem}_{i:03d}.ply", mesh)
             save_latents(tmp / f"{stem}_{i:03d}.json", model, {k: z[i:i + 1] for k, z in latents.items()})
 
 
@@ -111,14 +130,14 @@ def transfer(identity_of: Latents, expression_of: Latents) -> Latents:
 
 def run_sample(cfg: SampleConfig) -> None:
     model = MorphableModel.load(cfg.model, device=cfg.device)
-    _write_heads(model, model.sample(cfg.n, cfg.temperature, cfg.seed), cfg.out, "sample")
+    _write_heads(model, model.sample(cfg.n, cfg.temperature, cfg.seed), cfg.out, "sample", cfg.resolution)
     print(f"sampled {cfg.n} heads (temperature {cfg.temperature}, seed {cfg.seed}) -> {cfg.out}")
 
 
 def run_interpolate(cfg: InterpolateConfig) -> None:
     model = MorphableModel.load(cfg.model, device=cfg.device)
     path = interpolate(load_latents(cfg.start, model), load_latents(cfg.end, model), cfg.steps)
-    _write_heads(model, path, cfg.out, "interp")
+    _write_heads(model, path, cfg.out, "interp", cfg.resolution)
     print(f"wrote {cfg.steps} heads from {cfg.start} to {cfg.end} -> {cfg.out}")
 
 
@@ -127,9 +146,7 @@ def run_transfer(cfg: TransferConfig) -> None:
     if "identity" not in model.latent_sizes or len(model.latent_sizes) < 2:
         raise InputError(cfg.model, "transfer needs a model with an identity space and an expression space")
     latents = transfer(load_latents(cfg.identity, model), load_latents(cfg.expression, model))
-    with torch.no_grad():
-        verts = model.decode(latents)[0].double().cpu().numpy()
-    save_mesh(cfg.out, Mesh(verts, model.faces.cpu().numpy()))
+    save_mesh(cfg.out, model.meshes(latents, resolution=cfg.resolution)[0])
     save_latents(Path(cfg.out).with_suffix(".json"), model, latents)
     print(f"identity of {cfg.identity} + expression of {cfg.expression} -> {cfg.out}")
 
@@ -137,7 +154,5 @@ def run_transfer(cfg: TransferConfig) -> None:
 def run_export(cfg: ExportConfig) -> None:
     model = MorphableModel.load(cfg.model, device=cfg.device)
     latents = load_latents(cfg.latents, model) if cfg.latents else model.zero_latents(1)
-    with torch.no_grad():
-        verts = model.decode(latents)[0].double().cpu().numpy()
-    save_mesh(cfg.out, Mesh(verts, model.faces.cpu().numpy()))
+    save_mesh(cfg.out, model.meshes(latents, resolution=cfg.resolution)[0])
     print(f"{'the average head' if cfg.latents is None else cfg.latents} -> {cfg.out}")

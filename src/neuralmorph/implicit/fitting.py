@@ -1,0 +1,530 @@
+"""Fit an implicit head model to observations of one subject: point clouds (NPHM's test protocol) or a
+depth-map sequence (NPMs' tracking), by optimising latent codes against the signed-distance field.
+
+One identity code is shared by every observation and each observation gets its own expression code, all
+starting at the prior means. A step draws a few observations and a few of their points, brings the points
+into canonical space and pulls the canonical SDF there to zero:
+
+* forward models (deformation canonical -> posed) invert the deformation per point by Broyden root
+  finding started at the point itself, made differentiable in the codes by the implicit-function theorem
+  (`roots.invert_deformation`); points whose root finding did not converge are left out of the loss and
+  counted;
+* backward models (posed -> canonical) evaluate the deformation directly.
+
+The data term is the truncated mean |SDF| (canonical units): residuals above a threshold are dropped,
+and the threshold tightens on a schedule (NPHM: 25 mm, then 12.5 mm, then 1.9 mm) so that far outliers
+(hair, shoulders, background) stop pulling once the fit is close. Codes are optimised in whitened
+coordinates (z = μ + L w, the prior's mean and Cholesky factor), so one learning rate suits every model
+whatever the spread of its training codes; the model's own regularisers (`code_regularizers`) are added
+with weights that follow a piecewise-constant schedule. For sequences, consecutive frames are tied by a
+temporal term on the codes and on the deformations. Every weight and schedule is in `ImplicitFitConfig`.
+
+Depth frames are back-projected to point clouds and share the same machinery. Observations are in
+millimetres in the target's coordinates; a given pose and/or an ICP against the model's average head
+brings them into the model frame first, optionally refined jointly with the codes (one rigid motion for
+all observations), and the meshes come back in the target's coordinates. docs/implicit_fitting.md has
+the formats, every config field and measured numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from scipy.spatial import cKDTree
+from tqdm import tqdm
+
+from neuralmorph.errors import InputError
+from neuralmorph.frame import Similarity, icp_similarity
+from neuralmorph.geometry.distance import closest_points
+from neuralmorph.geometry.mesh import Mesh
+from neuralmorph.geometry.sampling import sample_surface
+from neuralmorph.implicit.observations import DepthFrame
+from neuralmorph.implicit.roots import RootFinding, invert_deformation
+
+Latents = dict[str, torch.Tensor]
+
+
+def _default_reg_weights() -> dict[str, tuple[float, ...]]:
+    # NPHM's ratios (surface 2.0; identity 0.25 → /3 → /10; expression 0.01 → /10; symmetry 5 → /10 →
+    # off), on the phases of `reg_at`. One value = constant.
+    return {
+        "identity_norm": (0.25, 0.25 / 3, 0.25 / 3, 0.025),
+        "expression_norm": (0.01, 0.01, 0.01, 0.001),
+        "local_norm": (0.05, 0.05, 0.05 / 3, 0.005),
+        "symmetry": (5.0, 0.5, 0.0, 0.0),
+    }
+
+
+@dataclass(frozen=True)
+class ImplicitFitConfig:
+    """Weights and schedules of implicit-model fitting (none are hard-coded elsewhere).
+
+    Schedules are piecewise constant over the run: an `*_at` tuple holds the fractions of `steps` at
+    which each phase starts (the first is 0), and the matching values tuple one value per phase.
+    """
+
+    steps: int = 400
+    """Optimiser steps."""
+    lr_identity: float = 0.05
+    """Adam learning rate of the identity code, in prior standard deviations per step (whitened code)."""
+    lr_expression: float = 0.05
+    """Adam learning rate of the expression codes, likewise."""
+    lr_halve_at: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)
+    """Fractions of `steps` at which both learning rates are multiplied by `lr_factor` (NPHM: 200/400/600/800 of 1000)."""
+    lr_factor: float = 0.5
+    """Learning-rate factor at each `lr_halve_at` milestone."""
+    observations_per_step: int = 4
+    """Observations drawn per step (all of them when there are fewer; NPHM: 5)."""
+    points_per_step: int = 500
+    """Points drawn per observation per step (with replacement only when the observation has fewer; NPHM: 1000)."""
+    surface_weight: float = 2.0
+    """Weight of the truncated mean |SDF| data term (canonical units)."""
+    truncation_mm: tuple[float, ...] = (25.0, 12.5, 1.9)
+    """Residuals |SDF| above this (mm, converted with the model frame's mm_per_unit) are dropped, per phase
+    (NPHM: 0.1, 0.05, 0.0075 of its 25 cm unit)."""
+    truncation_at: tuple[float, ...] = (0.0, 0.25, 0.5)
+    """Fractions of `steps` where each truncation phase starts."""
+    reg_weights: dict[str, tuple[float, ...]] = field(default_factory=_default_reg_weights)
+    """Weight per model regulariser name (`model.code_regularizers`), one value per `reg_at` phase or one
+    value for a constant weight."""
+    reg_default: tuple[float, ...] = (0.01,)
+    """Weight schedule of any regulariser whose name is not in `reg_weights`."""
+    reg_at: tuple[float, ...] = (0.0, 0.2, 0.5, 0.6)
+    """Fractions of `steps` where each regulariser phase starts (NPHM: 0, 200, 500, 600 of 1000)."""
+    temporal_code_weight: float = 0.0
+    """Sequences: weight of the mean squared difference of consecutive frames' whitened expression codes."""
+    temporal_deformation_weight: float = 30.0
+    """Sequences: weight of the mean squared difference (canonical units²) of consecutive frames'
+    deformations at the current frame's points."""
+    temporal_points: int = 200
+    """Sequences: points per drawn frame used by the deformation smoothness term."""
+    root_finding: RootFinding = field(default_factory=RootFinding)
+    """Broyden inversion of forward deformations (iterations, tolerance, divergence limit)."""
+    align: bool = False
+    """First align the observations (all together) to the model's average head by ICP; off: they are
+    already in the model's frame (the dataset's millimetre coordinates), or a pose is passed in."""
+    align_rotation: bool = True
+    """Let the alignment rotate the observations (rigid ICP); off: translation only (orientation known)."""
+    align_scale: bool = False
+    """Let the alignment estimate a scale too (observations in unknown units; needs align_rotation)."""
+    align_resolution: int = 64
+    """Grid resolution of the average-head mesh the alignment uses."""
+    refine_pose: bool = False
+    """Optimise a rigid motion of the observations (one for all of them) jointly with the codes: corrects
+    what the alignment got wrong because the subject differs from the average head."""
+    lr_pose_deg: float = 0.1
+    """Adam learning rate of the pose refinement's rotation (degrees per step; follows `lr_halve_at`)."""
+    lr_pose_mm: float = 0.5
+    """Adam learning rate of the pose refinement's translation (millimetres per step)."""
+    mesh_resolution: int = 128
+    """Grid resolution of the fitted meshes (`model.meshes`)."""
+    eval_points: int = 20_000
+    """Points per observation for the final convergence count at the fitted codes (0: skip it)."""
+    seed: int = 0
+    """Seed of every random draw (observations, points)."""
+    device: str | None = None
+    """Torch device to fit on; None: wherever the model is (the model is moved otherwise)."""
+
+    def __post_init__(self):
+        where = "implicit fit config"
+        if self.steps < 0:
+            raise InputError(where, f"steps must be >= 0, got {self.steps}")
+        for name in ("lr_identity", "lr_expression", "lr_pose_deg", "lr_pose_mm"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v > 0):
+                raise InputError(where, f"{name} must be positive, got {v}")
+        if not 0 < self.lr_factor <= 1:
+            raise InputError(where, f"lr_factor must lie in (0, 1], got {self.lr_factor}")
+        if any(not 0 <= a <= 1 for a in self.lr_halve_at) or list(self.lr_halve_at) != sorted(self.lr_halve_at):
+            raise InputError(where, f"lr_halve_at must be increasing fractions in [0, 1], got {self.lr_halve_at}")
+        for name in ("observations_per_step", "points_per_step", "align_resolution", "mesh_resolution"):
+            if getattr(self, name) < 1:
+                raise InputError(where, f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.align_resolution < 8 or self.mesh_resolution < 8:
+            raise InputError(where, "mesh resolutions must be >= 8")
+        if self.align_scale and not self.align_rotation:
+            raise InputError(where, "align_scale needs align_rotation (the similarity ICP estimates both)")
+        if self.temporal_points < 0 or self.eval_points < 0:
+            raise InputError(where, "temporal_points and eval_points must be >= 0")
+        for name in ("surface_weight", "temporal_code_weight", "temporal_deformation_weight"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v >= 0):
+                raise InputError(where, f"{name} must be >= 0, got {v}")
+        _check_phases(where, "truncation_at", self.truncation_at)
+        _check_phases(where, "reg_at", self.reg_at)
+        if len(self.truncation_mm) != len(self.truncation_at) or any(not t > 0 for t in self.truncation_mm):
+            raise InputError(where, f"truncation_mm needs one positive value per truncation_at phase "
+                                    f"({len(self.truncation_at)}), got {self.truncation_mm}")
+        for name, sched in [*self.reg_weights.items(), ("reg_default", self.reg_default)]:
+            if not isinstance(name, str):
+                raise InputError(where, f"regulariser names must be strings, got {name!r}")
+            if len(sched) not in (1, len(self.reg_at)) or any(not (math.isfinite(w) and w >= 0) for w in sched):
+                raise InputError(where, f"weights of {name!r} need 1 or {len(self.reg_at)} (one per reg_at "
+                                        f"phase) values >= 0, got {tuple(sched)}")
+
+    def truncation_units(self, step: int, mm_per_unit: float) -> float:
+        """The data term's truncation threshold at `step`, in canonical units."""
+        return self.truncation_mm[_phase(self.truncation_at, step, self.steps)] / mm_per_unit
+
+    def reg_weight(self, name: str, step: int) -> float:
+        """The weight of regulariser `name` at `step`."""
+        sched = self.reg_weights.get(name, self.reg_default)
+        return float(sched[0] if len(sched) == 1 else sched[_phase(self.reg_at, step, self.steps)])
+
+    def lr_scale(self, step: int) -> float:
+        """Factor on both base learning rates at `step`."""
+        return self.lr_factor ** sum(step >= a * self.steps for a in self.lr_halve_at)
+
+
+def _check_phases(where: str, name: str, at: Sequence[float]) -> None:
+    if not at or at[0] != 0 or any(b <= a for a, b in zip(at, at[1:])) or at[-1] > 1:
+        raise InputError(where, f"{name} must start at 0 and increase strictly within [0, 1], got {tuple(at)}")
+
+
+def _phase(at: Sequence[float], step: int, steps: int) -> int:
+    """Index of the phase in effect at `step`: the last i with step >= at[i] * steps."""
+    return max(i for i, a in enumerate(at) if step >= a * steps)
+
+
+@dataclass
+class ImplicitFitResult:
+    latents: Latents                       # identity (1, Ki), expression (n_obs, Ke) float32
+    pose: Similarity                       # model frame (mm) -> the target's coordinates
+    meshes: list[Mesh]                     # (n_obs) fitted heads, mm, target coordinates
+    history: list[float]                   # total loss per step
+    terms: dict[str, list[float]]          # each loss term (unweighted) per step
+    kept_fraction: list[float]             # per step: drawn points that converged and passed the truncation
+    converged_fraction: float              # of every root-finding query during the fit (1 for backward models)
+    converged_per_observation: list[float]  # at the fitted codes, per observation (NaN when eval_points = 0)
+    fit_seconds: float
+    mesh_seconds: float
+
+    @property
+    def seconds(self) -> float:
+        return self.fit_seconds + self.mesh_seconds
+
+
+@contextmanager
+def _frozen(model: torch.nn.Module) -> Iterator[None]:
+    """The model's weights stay fixed during fitting: no gradients accumulate in them."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def canonical_points(model, posed: torch.Tensor, identity: torch.Tensor, expression: torch.Tensor,
+                     root_finding: RootFinding = RootFinding()) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bring posed points into the model's canonical space.
+
+    posed: (B, P, 3) float32 canonical-frame units; identity: (B, Ki); expression: (B, Ke).
+    Returns canonical points (B, P, 3) — (B, P, 3 + H) for backward models with H hyper-coordinates —
+    differentiable in the codes, and converged (B, P) bool. Forward models invert the deformation by
+    Broyden root finding started at the posed point (one batched solve for all B observations; a point
+    that did not converge is returned at its posed position, without gradient, so downstream values stay
+    finite); backward models evaluate it, and every point counts as converged.
+    """
+    if model.deformation == "backward":
+        return (model.deform(posed, identity, expression),
+                torch.ones(posed.shape[:2], dtype=torch.bool, device=posed.device))
+    x, converged = invert_deformation(lambda q: model.deform(q, identity, expression), posed, x0=posed,
+                                      max_iter=root_finding.max_iter, tol=root_finding.tol,
+                                      diverge=root_finding.diverge)
+    converged = converged & torch.isfinite(x).all(dim=-1)
+    return torch.where(converged[..., None], x, posed.detach()), converged
+
+
+def _translation_icp(points: np.ndarray, tree: cKDTree, normals: np.ndarray, start: np.ndarray,
+                     iterations: int = 30, trim: float = 0.9) -> tuple[np.ndarray, float]:
+    """Trimmed point-to-plane ICP over a translation only.
+
+    points: (P, 3) float64 mm; tree: KD-tree of (S, 3) dense surface samples, normals: (S, 3) their unit
+    normals; start: (3,) initial translation. Returns the translation (3,) and the trimmed RMSE (mm).
+    """
+    t = np.asarray(start, np.float64).copy()
+    keep = max(3, int(round(trim * len(points))))
+    for _ in range(iterations):
+        dist, idx = tree.query(points + t)  # one thread: thread start-up costs more than these small queries
+        inl = np.argsort(dist, kind="stable")[:keep]
+        n = normals[idx[inl]]
+        r = np.einsum("ij,ij->i", points[inl] + t - tree.data[idx[inl]], n)
+        step, *_ = np.linalg.lstsq(n, -r, rcond=None)
+        t += step
+        if np.linalg.norm(step) < 1e-3:  # mm
+            break
+    dist, _ = tree.query(points + t)
+    return t, float(np.sqrt(np.mean(np.sort(dist)[:keep] ** 2)))
+
+
+def align_observations(model, clouds: Sequence[np.ndarray], config: ImplicitFitConfig = ImplicitFitConfig(),
+                       init: Similarity | None = None) -> Similarity:
+    """ICP of all observations together against the model's average head.
+
+    clouds: n arrays (P_i, 3) float mm in the target's coordinates; init: an initial target -> model
+    similarity. Without one the target is assumed roughly upright in the model's orientation (rotation
+    ICP's basin is about ±30°) but anywhere in space: a partial view's centroid lies inside the head, not
+    at its centre, so a translation-only ICP runs from the matched centroids and from six starts shifted
+    by a quarter of the head's extent along ±x, ±y, ±z, and the start that ends with the lowest trimmed
+    RMSE is kept. Then a rigid (or similarity, `align_scale`) ICP refines it, unless `align_rotation` is
+    off: then only the translation is refined, which is the robust choice when the orientation is known
+    (an upright camera) and the subject's head differs much from the average one.
+    Returns the target -> model-frame (mm) similarity.
+    """
+    with torch.no_grad():
+        avg = model.meshes(model.zero_latents(1), resolution=config.align_resolution)[0]
+    pts = np.concatenate([np.asarray(c, np.float64) for c in clouds])
+    rng = np.random.default_rng(config.seed)
+    if len(pts) > 20_000:  # plenty for 7 pose parameters; keeps the closest-point queries cheap
+        pts = pts[rng.choice(len(pts), 20_000, replace=False)]
+    if len(pts) < 7:
+        raise InputError("alignment", f"needs at least 7 observed points, got {len(pts)}")
+    # dense surface samples with normals: one KD-tree serves every translation-only iteration
+    surf, normals, _ = sample_surface(avg.vertices, avg.faces, 10_000, config.seed)
+    tree = cKDTree(surf)
+    if init is None:
+        few = pts[rng.choice(len(pts), min(len(pts), 1000), replace=False)]
+        lo, hi = avg.vertices.min(axis=0), avg.vertices.max(axis=0)
+        base = 0.5 * (lo + hi) - few.mean(axis=0)
+        shifts = [np.zeros(3)] + [s * 0.25 * (hi - lo)[k] * np.eye(3)[k] for k in range(3) for s in (1, -1)]
+        t, _ = min((_translation_icp(few, tree, normals, base + d) for d in shifts), key=lambda r: r[1])
+        init = Similarity(1.0, np.eye(3), t)
+    if not config.align_rotation:
+        t, _ = _translation_icp(init.apply(pts), tree, normals, np.zeros(3), iterations=50)
+        return Similarity(1.0, np.eye(3), t).compose(init)
+    try:
+        return icp_similarity(pts, avg.vertices, avg.faces, init=init, with_scale=config.align_scale).transform
+    except ValueError as exc:
+        raise InputError("alignment", str(exc)) from None
+
+
+def _check_clouds(clouds: Sequence[np.ndarray]) -> list[np.ndarray]:
+    arrays = []
+    for i, c in enumerate(clouds):
+        a = np.asarray(c, np.float64)
+        if a.ndim != 2 or a.shape[1] != 3:
+            raise InputError(f"observation {i}", f"points must have shape (P, 3), got {a.shape}")
+        if len(a) == 0:
+            raise InputError(f"observation {i}", "has no points")
+        if not np.isfinite(a).all():
+            raise InputError(f"observation {i}", "has NaN or infinite coordinates")
+        arrays.append(a)
+    if not arrays:
+        raise InputError("observations", "nothing to fit: no observations given")
+    return arrays
+
+
+def _canonical(model, arrays: list[np.ndarray], to_model: Similarity) -> list[torch.Tensor]:
+    """Target-mm observations -> (P_i, 3) float32 canonical-unit tensors on the model's device."""
+    return [torch.as_tensor(model.frame.to_canonical(to_model.apply(a)), dtype=torch.float32, device=model.device)
+            for a in arrays]
+
+
+def _rotation(w: torch.Tensor) -> torch.Tensor:
+    """(3,) axis-angle (radians) -> (3, 3) rotation: the matrix exponential of its skew matrix."""
+    zero = torch.zeros((), dtype=w.dtype, device=w.device)
+    skew = torch.stack([torch.stack([zero, -w[2], w[1]]), torch.stack([w[2], zero, -w[0]]),
+                        torch.stack([-w[1], w[0], zero])])
+    return torch.linalg.matrix_exp(skew)
+
+
+def _refinement_mm(frame, rot: np.ndarray, shift: np.ndarray, centre: np.ndarray) -> Similarity:
+    """The pose refinement y' = R (y - c) + c + t, applied in canonical units, as a model-frame (mm) rigid motion.
+
+    With y = A (p - o) / s (frame axes A, origin o, s mm per unit): p' = AᵀRA (p - o) + s Aᵀ(c + t - R c) + o.
+    rot: (3, 3); shift t, centre c: (3,) canonical units.
+    """
+    a, o, s = frame.axes, frame.origin, frame.mm_per_unit
+    m = a.T @ rot @ a
+    u, _, vt = np.linalg.svd(m)  # float32 products drift from a rotation by ~1e-7
+    m = u @ vt
+    return Similarity(1.0, m, -m @ o + s * a.T @ (centre + shift - rot @ centre) + o)
+
+
+def _codes(model, w: torch.Tensor, name: str) -> torch.Tensor:
+    """Whitened (B, K) -> codes (B, K): z = μ + w Lᵀ."""
+    prior = model.prior[name]
+    return prior.mean + w @ prior.scale_tril.T
+
+
+def _optimise(model, ys: list[torch.Tensor], config: ImplicitFitConfig, temporal: bool,
+              progress: bool) -> tuple[Latents, dict]:
+    dev = model.device
+    n = len(ys)
+    k_id, k_ex = model.latent_sizes["identity"], model.latent_sizes["expression"]
+    rng = np.random.default_rng(config.seed)
+    mm_per_unit = model.frame.mm_per_unit
+    w_id = torch.zeros(1, k_id, device=dev, requires_grad=True)
+    # One tensor per observation: Adam leaves a code untouched in steps that did not draw it (no gradient),
+    # instead of drifting it on stale momentum.
+    w_ex = [torch.zeros(1, k_ex, device=dev, requires_grad=True) for _ in range(n)]
+    rot_deg = torch.zeros(3, device=dev, requires_grad=True)
+    shift_mm = torch.zeros(3, device=dev, requires_grad=True)
+    # the refinement rotates about the data's centroid, so rotation and translation barely interact
+    centre = torch.cat(ys).mean(dim=0).detach()
+    groups = [{"params": [w_id], "lr": config.lr_identity}, {"params": w_ex, "lr": config.lr_expression}]
+    if config.refine_pose:
+        groups += [{"params": [rot_deg], "lr": config.lr_pose_deg}, {"params": [shift_mm], "lr": config.lr_pose_mm}]
+    opt = torch.optim.Adam(groups)
+    base_lr = [g["lr"] for g in groups]
+    history, kept_hist = [], []
+    terms: dict[str, list[float]] = {}
+    queried, converged = 0, 0
+    n_draw = min(config.observations_per_step, n)
+    bar = tqdm(range(config.steps), desc="fit", unit="step", disable=not progress, leave=False, mininterval=0.5)
+    for step in bar:
+        for group, lr in zip(opt.param_groups, base_lr):
+            group["lr"] = lr * config.lr_scale(step)
+        sel = np.sort(rng.choice(n, n_draw, replace=False))
+        y = torch.stack([ys[i][torch.as_tensor(rng.choice(len(ys[i]), config.points_per_step,
+                                                          replace=len(ys[i]) < config.points_per_step), device=dev)]
+                         for i in sel])  # (B, P, 3)
+        if config.refine_pose:
+            rot = _rotation(rot_deg * (math.pi / 180))
+            y = (y - centre) @ rot.T + centre + shift_mm / mm_per_unit
+        z_id = _codes(model, w_id, "identity").expand(len(sel), -1)
+        z_ex_all = _codes(model, torch.cat(w_ex), "expression")  # (n, Ke)
+        z_ex = z_ex_all[torch.as_tensor(sel, device=dev)]
+        x, conv = canonical_points(model, y, z_id, z_ex, config.root_finding)
+        resid = model.sdf(x, z_id).abs()  # (B, P)
+        keep = conv & (resid.detach() < config.truncation_units(step, mm_per_unit))
+        n_keep = int(keep.sum())
+        data = torch.where(keep, resid, torch.zeros_like(resid)).sum() / max(n_keep, 1)
+        parts = {"surface": data}
+        weighted = config.surface_weight * data
+        for name, value in model.code_regularizers(z_id, z_ex).items():
+            parts[name] = value
+            weighted = weighted + config.reg_weight(name, step) * value
+        if temporal and n > 1:
+            w_all = torch.cat(w_ex)
+            parts["temporal_code"] = ((w_all[1:] - w_all[:-1]) ** 2).sum(dim=-1).mean()
+            weighted = weighted + config.temporal_code_weight * parts["temporal_code"]
+            pairs = [(j, int(i)) for j, i in enumerate(sel) if i + 1 < n]
+            if config.temporal_deformation_weight > 0 and config.temporal_points > 0 and pairs:
+                rows = torch.as_tensor([j for j, _ in pairs], device=dev)
+                now = torch.as_tensor([i for _, i in pairs], device=dev)
+                # The points where consecutive deformations are compared: the frame's canonical surface
+                # points (forward) or its posed points (backward) — where the data says the head is.
+                where = (x if model.deformation == "forward" else y).detach()[rows, : config.temporal_points]
+                ident = z_id[: len(pairs)]
+                flow = model.deform(where, ident, z_ex_all[now + 1]) - model.deform(where, ident, z_ex_all[now])
+                parts["temporal_deformation"] = (flow**2).sum(dim=-1).mean()
+                weighted = weighted + config.temporal_deformation_weight * parts["temporal_deformation"]
+        opt.zero_grad()
+        weighted.backward()
+        opt.step()
+        queried += conv.numel()
+        converged += int(conv.sum())
+        history.append(float(weighted.detach()))
+        kept_hist.append(n_keep / keep.numel())
+        for name in set(terms) | set(parts):  # a term missing this step (no pair drawn) is NaN
+            terms.setdefault(name, [math.nan] * step).append(float(parts[name].detach()) if name in parts else math.nan)
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{history[-1]:.4g}", kept=f"{kept_hist[-1]:.2f}", refresh=False)
+    with torch.no_grad():
+        latents = {"identity": _codes(model, w_id, "identity").detach(),
+                   "expression": _codes(model, torch.cat(w_ex), "expression").detach()}
+        refinement = _refinement_mm(model.frame, _rotation(rot_deg * (math.pi / 180)).double().cpu().numpy(),
+                                    (shift_mm / mm_per_unit).double().cpu().numpy(), centre.double().cpu().numpy())
+    stats = {"history": history, "terms": terms, "kept_fraction": kept_hist, "refinement": refinement,
+             "converged_fraction": converged / queried if queried else math.nan}
+    return latents, stats
+
+
+@torch.no_grad()
+def _final_convergence(model, ys: list[torch.Tensor], latents: Latents, config: ImplicitFitConfig) -> list[float]:
+    """Per observation: the fraction of (up to eval_points of) its points with a canonical pre-image."""
+    if config.eval_points == 0:
+        return [math.nan] * len(ys)
+    if model.deformation == "backward":
+        return [1.0] * len(ys)
+    rng = np.random.default_rng(config.seed + 1)
+    out = []
+    for i, y in enumerate(ys):
+        idx = rng.choice(len(y), min(len(y), config.eval_points), replace=False)
+        pts = y[torch.as_tensor(np.sort(idx), device=y.device)][None]
+        _, conv = canonical_points(model, pts, latents["identity"], latents["expression"][i: i + 1], config.root_finding)
+        out.append(float(conv.float().mean()))
+    return out
+
+
+def _fit(model, clouds: Sequence[np.ndarray], config: ImplicitFitConfig, pose: Similarity | None, temporal: bool,
+         progress: bool) -> ImplicitFitResult:
+    if config.device is not None:
+        model.to(config.device)
+    for name in ("identity", "expression"):
+        if name not in model.latent_sizes:
+            raise InputError(getattr(model, "family", "model"), f"has no {name!r} latent space; cannot fit it as an implicit model")
+    start = time.perf_counter()
+    arrays = _check_clouds(clouds)
+    to_model = pose.inverse() if pose is not None else Similarity()
+    if config.align:
+        to_model = align_observations(model, arrays, config, init=to_model if pose is not None else None)
+    with _frozen(model):
+        latents, stats = _optimise(model, _canonical(model, arrays, to_model), config, temporal, progress)
+        to_model = stats["refinement"].compose(to_model)
+        conv_obs = _final_convergence(model, _canonical(model, arrays, to_model), latents, config)
+    model_to_target = to_model.inverse()
+    fit_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    n = len(arrays)
+    with torch.no_grad():
+        raw = model.meshes({"identity": latents["identity"].expand(n, -1).contiguous(),
+                            "expression": latents["expression"]}, resolution=config.mesh_resolution)
+    meshes = [Mesh(model_to_target.apply(m.vertices), m.faces) for m in raw]
+    return ImplicitFitResult(latents, model_to_target, meshes, stats["history"], stats["terms"],
+                             stats["kept_fraction"], stats["converged_fraction"], conv_obs, fit_seconds,
+                             time.perf_counter() - start)
+
+
+def fit_point_clouds(model, clouds: Sequence[np.ndarray], config: ImplicitFitConfig = ImplicitFitConfig(),
+                     progress: bool = False, pose: Similarity | None = None,
+                     sequence: bool = False) -> ImplicitFitResult:
+    """Fit one identity and one expression per observation to point clouds of one subject.
+
+    model: an implicit model (`sdf`, `deform`, `deformation`, `prior`, `frame`, `code_regularizers`,
+    `meshes`); clouds: n arrays (P_i, 3) float mm, each one observation (e.g. one single-view scan per
+    expression), in the target's coordinates; pose: model frame -> target coordinates when known
+    (default: the target is already in the model's frame); with `config.align` an ICP refines it (or
+    finds it from the centroids). sequence: the clouds are consecutive frames, tie their expressions with
+    the temporal terms.
+    Returns latents identity (1, Ki) and expression (n, Ke), one mesh per observation in the target's
+    coordinates, the loss history and the convergence counts.
+    """
+    return _fit(model, clouds, config, pose, sequence, progress)
+
+
+def fit_depth_sequence(model, frames: Sequence[DepthFrame | tuple], config: ImplicitFitConfig = ImplicitFitConfig(),
+                       progress: bool = False, pose: Similarity | None = None) -> ImplicitFitResult:
+    """Track a depth-map sequence of one subject: shared identity, one expression per frame, temporally smooth.
+
+    frames: `DepthFrame`s or tuples (depth (H, W) float32 mm with 0 = no hit, intrinsics K (3, 3),
+    camera-to-world (4, 4) float64, OpenCV camera axes). Each frame is back-projected to a world point cloud
+    (mm) and fitted like `fit_point_clouds(..., sequence=True)`; `pose` maps the model frame to world.
+    """
+    clouds = []
+    for i, fr in enumerate(frames):
+        if not isinstance(fr, DepthFrame):
+            fr = DepthFrame(*fr, name=f"frame {i}")
+        pts = fr.points()
+        if len(pts) == 0:
+            raise InputError(fr.name, "no valid depth pixels (every value is 0 or NaN)")
+        clouds.append(pts)
+    return _fit(model, clouds, config, pose, True, progress)
+
+
+def observed_to_mesh_mm(points: np.ndarray, mesh: Mesh) -> np.ndarray:
+    """One-sided distance of observed points (P, 3) mm to a fitted mesh: (P,) float64 mm."""
+    if mesh.is_point_cloud or len(mesh.faces) == 0:
+        return np.full(len(points), np.inf)
+    _, dist, _ = closest_points(np.asarray(points, np.float64), mesh.vertices, mesh.faces)
+    return dist
