@@ -40,7 +40,7 @@ def test_items_have_fixed_shapes_and_collate(stream):
     shapes = {k: tuple(v.shape) for k, v in item.items()}
     assert shapes == {"subject": (), "head": (), "neutral": (), "surface": (200, 3), "surface_normals": (200, 3),
                       "surface_face": (200,), "near": (300, 3), "far": (50, 3), "corr_neutral": (80, 3),
-                      "corr_posed": (80, 3), "anchors": (3, 3)}
+                      "corr_posed": (80, 3), "anchors": (3, 3), "space": (256, 3), "space_sign": (256,)}
     assert all(v.dtype == torch.float32 for k, v in item.items() if k not in ("subject", "head"))
     batch = default_collate([stream[i] for i in range(4)])
     assert batch["surface"].shape == (4, 200, 3) and batch["subject"].dtype == torch.int64
@@ -149,3 +149,21 @@ def test_registered_fallback_and_bad_configs(data, small_synth):
         ImplicitSampleConfig(face_fraction=1.5)
     with pytest.raises(InputError):
         ImplicitSamples(data, CFG, "val", root=small_synth)               # no val heads in small_synth
+
+
+def test_sign_labels_follow_the_registered_surface(data, stream):
+    """Labelled space points: −1 inside the registered neutral head, +1 outside, 0 only near the open neck
+    or the surface; each label agrees with the exact winding number's side."""
+    import igl
+
+    pool = stream.pools[stream.neutral_of[0]]
+    pts, sign = pool["space"], pool["space_sign"]
+    assert set(np.unique(sign)) <= {-1.0, 0.0, 1.0} and (sign == -1).sum() > 100 and (sign == 1).sum() > 100
+    reg = stream._reg_mm[stream.neutral_of[0]]
+    w = igl.winding_number(reg, stream.faces, stream.frame.to_mm(pts[sign != 0].astype(np.float64)))
+    assert np.all((w > 0.5) == (sign[sign != 0] < 0))
+    # the bounding box's corners are outside every head
+    lo, hi = stream.bounds
+    assert stream.frame.to_canonical(reg).min(0).min() > lo.min()
+    corner = stream.frame.to_mm(np.array([hi], np.float64))
+    assert igl.winding_number(reg, stream.faces, corner)[0] < 0.25

@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -42,12 +42,12 @@ from neuralmorph.data.dataset import HeadDataset
 from neuralmorph.errors import InputError
 from neuralmorph.frame import Frame
 from neuralmorph.geometry.mesh import Mesh
+from neuralmorph.implicit.extraction import Field, extract_coarse_to_fine
 from neuralmorph.implicit.networks import (BackwardDeformation, ForwardDeformation, LocalEnsemble, SDFNetwork,
                                            count_parameters)
 from neuralmorph.implicit.samples import ImplicitSampleConfig, ImplicitSamples, face_vertex_mask, subject_neutrals
 from neuralmorph.models.base import Latents, ModelConfig, MorphableModel, register
 
-Field = Callable[[torch.Tensor], torch.Tensor]
 FIELD_CHUNK = 65_536   # points per network call when a field is evaluated for extraction
 
 
@@ -91,6 +91,9 @@ class ImplicitConfig(ModelConfig):
     """Mean exp(−|SDF| / far_decay) at far samples: no stray surfaces off the head."""
     far_decay_mm: float = 25.0
     """Length scale of the far-space term (NPHM: 1/10 of its 25 cm unit)."""
+    sign_weight: float = 1.0
+    """Mean max(0, −label · SDF) at the sign-labelled space samples (winding number of the registered
+    mesh): keeps the field positive where nothing is observed outside (below the neck) and negative inside."""
     identity_reg: float = 0.01
     """Squared norm of the identity codes (local family: global and local parts)."""
     expression_reg: float = 1e-4
@@ -115,7 +118,7 @@ class ImplicitConfig(ModelConfig):
         if self.code_lr is not None and not self.code_lr > 0:
             raise InputError(where, f"code_lr must be positive, got {self.code_lr}")
         for name in ("surface_weight", "normal_weight", "nonface_normal_scale", "nonface_normal_clamp",
-                     "eikonal_weight", "far_weight", "identity_reg", "expression_reg", "corr_weight",
+                     "eikonal_weight", "far_weight", "sign_weight", "identity_reg", "expression_reg", "corr_weight",
                      "zero_deform_weight", "hyper_weight"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v >= 0):
@@ -411,10 +414,6 @@ class ImplicitModel(MorphableModel):
     def _extract(self, field: Field, resolution: int) -> Mesh:
         """Canonical-unit mesh of a field's zero level set over `bounds`."""
         bounds = self.bounds.detach().cpu().numpy().astype(np.float64)
-        try:
-            from neuralmorph.implicit.extraction import extract_coarse_to_fine
-        except ImportError:   # the extraction module is optional at import time; dense marching cubes
-            return _dense_marching_cubes(field, bounds, resolution)
         mesh, _ = extract_coarse_to_fine(field, bounds, resolution, coarse_resolution=min(32, resolution),
                                          device=self.device)
         return mesh
@@ -485,6 +484,13 @@ class ImplicitModel(MorphableModel):
         eik = (grad.norm(dim=-1) - 1.0).abs().mean()
         far = torch.exp(-f[:, ns + nn_:].abs() * (self.frame.mm_per_unit / c.far_decay_mm)).mean()
         loss = c.surface_weight * surf + c.normal_weight * normal + c.eikonal_weight * eik + c.far_weight * far
+        sign = f.new_zeros(())
+        if "space" in batch and batch["space"].shape[1] and c.sign_weight > 0:
+            fsp = (self.sdf(batch["space"], zi) if self.deformation == "forward"
+                   else self.sdf_posed(batch["space"], zi, ze))
+            labels = batch["space_sign"]
+            sign = torch.relu(-labels * fsp).sum() / labels.abs().sum().clamp_min(1.0)
+            loss = loss + c.sign_weight * sign
 
         # deformation: correspondences, zero deformation far from the face, expression prior
         if self.deformation == "forward":
@@ -509,7 +515,7 @@ class ImplicitModel(MorphableModel):
             logs["hyper"] = float(hyp.detach())
         mm = self.frame.mm_per_unit
         logs.update(surface_mm=float(surf.detach()) * mm, normal=float(normal.detach()), eikonal=float(eik.detach()),
-                    far=float(far.detach()), corr_mm=float(corr.detach().sqrt()) * mm,
+                    far=float(far.detach()), sign_mm=float(sign.detach()) * mm, corr_mm=float(corr.detach().sqrt()) * mm,
                     zero_deform_mm=float(zero.detach().sqrt()) * mm, expression_norm=float(ereg.detach()))
         return loss, logs
 
@@ -550,22 +556,6 @@ class ImplicitModel(MorphableModel):
         with torch.no_grad():
             model.code_subject.copy_(torch.as_tensor(stream.head_subject))
         return model, stream
-
-
-def _dense_marching_cubes(field: Field, bounds: np.ndarray, resolution: int) -> Mesh:
-    """Fallback extraction: skimage marching cubes on the dense (resolution + 1)³ lattice."""
-    from skimage.measure import marching_cubes
-
-    lo, hi = bounds
-    axes = [np.linspace(lo[k], hi[k], resolution + 1) for k in range(3)]
-    grid = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3).astype(np.float32)
-    values = field(torch.from_numpy(grid)).cpu().numpy().reshape((resolution + 1,) * 3)
-    if values.min() > 0 or values.max() < 0:
-        raise InputError("field", "no surface inside the bounds: marching cubes found no crossing")
-    step = (hi - lo) / resolution
-    verts, faces, _, _ = marching_cubes(values, 0.0, spacing=tuple(step))
-    # skimage orients triangles towards increasing values... reversed: outward for negative-inside fields
-    return Mesh(verts + lo, faces[:, ::-1].astype(np.int64))
 
 
 # --- the families --------------------------------------------------------------------------------------------

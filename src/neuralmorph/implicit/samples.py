@@ -23,6 +23,11 @@ Per item (head h, draw d):
   deformation, where the SDF is supervised through the warp).
 * `near`: other pool points of the same head + N(0, near_sigma_mm) per coordinate (NPHM: 2.5 mm).
 * `far`: uniform in `bounds`.
+* `space` / `space_sign`: `sign_points` points from a per-head pool (half uniform in `bounds`, half
+  within ~`sign_band_mm` of the surface) labelled +1 outside / −1 inside / 0 unsure by the generalised
+  winding number of the registered mesh (robust to its open neck: < 0.25 outside, > 0.75 inside). The
+  IGR terms never say which side is out, and on scans with holes and an open neck the field is free to
+  turn negative where nothing is observed (below the neck, inside the mouth); these labels pin the sign.
 * `corr_neutral` / `corr_posed`: correspondence pairs between the neutral head and head h. A barycentric
   point on one mesh (area-uniform, face-weighted) is offset along that mesh's interpolated normal by
   N(0, σ); the same barycentrics and offset on the other mesh give its partner. Half the pairs start on
@@ -42,6 +47,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import igl
 import numpy as np
 import torch
 from scipy.spatial import cKDTree
@@ -56,6 +62,7 @@ from neuralmorph.geometry.sampling import sample_surface
 
 NEUTRAL_NAME = "neutral"
 _POOL_STREAM = 1 << 20     # rng stream tag of the pools, apart from the per-item streams (seed, index)
+_SIGN_STREAM = 2 << 20     # ... and of the sign-labelled space pools
 _ICP_POINTS = 2000         # scan vertices used to estimate the alignment (then applied to all of them)
 _ICP_ITERATIONS = 10       # from a landmark start the residual pose is tiny; 10 steps settle it to < 0.1 mm
 
@@ -74,6 +81,12 @@ class ImplicitSampleConfig(Config):
     """Std of the near-surface noise per coordinate (NPHM: 0.01 of its units = 2.5 mm)."""
     far_points: int = 128
     """Points uniform in the bounding box per item (eikonal and far-space terms)."""
+    sign_points: int = 256
+    """Sign-labelled space points per item (0: none)."""
+    sign_pool: int = 8192
+    """Sign-labelled points kept in memory per head."""
+    sign_band_mm: float = 10.0
+    """Std of the offsets of the near half of the sign pool from the registered surface."""
     correspondences: int = 256
     """Neutral/posed correspondence pairs per item (even)."""
     corr_sigma_mm: float = 2.5
@@ -94,7 +107,7 @@ class ImplicitSampleConfig(Config):
         for name in ("surface_points", "pool_size", "draws_per_head"):
             if getattr(self, name) < 1:
                 raise InputError(where, f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("near_points", "far_points", "correspondences"):
+        for name in ("near_points", "far_points", "correspondences", "sign_points", "sign_pool"):
             if getattr(self, name) < 0:
                 raise InputError(where, f"{name} must be >= 0, got {getattr(self, name)}")
         if self.correspondences % 4:
@@ -102,7 +115,7 @@ class ImplicitSampleConfig(Config):
                              f"got {self.correspondences}")
         if not 0.0 <= self.face_fraction <= 1.0:
             raise InputError(where, f"face_fraction must be in [0, 1], got {self.face_fraction}")
-        for name in ("near_sigma_mm", "corr_sigma_mm", "corr_sigma_fine_mm", "bounds_margin_mm"):
+        for name in ("near_sigma_mm", "corr_sigma_mm", "corr_sigma_fine_mm", "bounds_margin_mm", "sign_band_mm"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v >= 0):
                 raise InputError(where, f"{name} must be a non-negative number, got {v}")
@@ -287,8 +300,24 @@ class ImplicitSamples(torch.utils.data.Dataset):
         p = self._canon(p).astype(np.float32)
         n = (n @ self.frame.axes.T).astype(np.float32)   # normals rotate with the frame, no scale
         face_idx, other_idx = np.flatnonzero(is_face), np.flatnonzero(~is_face)
-        return {"points": p, "normals": n, "face": face_idx, "other": other_idx,
+        space, sign = self._sign_pool(i)
+        return {"points": p, "normals": n, "face": face_idx, "other": other_idx, "space": space, "space_sign": sign,
                 "from_scan": surf_f is not self.faces, "mesh_mm": (surf_v, surf_f), "face_vertices": face_v}
+
+    def _sign_pool(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """(S, 3) float32 canonical points and (S,) float32 labels +1 outside / −1 inside / 0 unsure."""
+        c = self.config
+        rng = np.random.default_rng(_seed(self.seed, _SIGN_STREAM, i))
+        lo, hi = self.bounds
+        n_uniform = c.sign_pool // 2
+        uniform = self.frame.to_mm(lo + (hi - lo) * rng.random((n_uniform, 3)))
+        reg = self._reg_mm[i]
+        near = reg[rng.integers(0, len(reg), c.sign_pool - n_uniform)]
+        near = near + rng.normal(0.0, c.sign_band_mm, near.shape)
+        q = np.concatenate([uniform, near])
+        w = igl.fast_winding_number(np.ascontiguousarray(reg), np.ascontiguousarray(self.faces), np.ascontiguousarray(q))
+        sign = np.where(w < 0.25, 1.0, np.where(w > 0.75, -1.0, 0.0)).astype(np.float32)
+        return self._canon(q).astype(np.float32), sign
 
     # --- items ----------------------------------------------------------------------------------------
 
@@ -321,6 +350,7 @@ class ImplicitSamples(torch.utils.data.Dataset):
         lo, hi = self.bounds
         far = lo + (hi - lo) * rng.random((c.far_points, 3))
 
+        space_pick = rng.integers(0, len(pool["space"]), c.sign_points)
         src, dst = self._correspondences(neutral, i, rng)
         item = {
             "subject": torch.tensor(int(self.head_subject[k])),
@@ -331,6 +361,8 @@ class ImplicitSamples(torch.utils.data.Dataset):
             "surface_face": torch.from_numpy(is_face),
             "near": torch.from_numpy(near.astype(np.float32)),
             "far": torch.from_numpy(far.astype(np.float32)),
+            "space": torch.from_numpy(pool["space"][space_pick]),
+            "space_sign": torch.from_numpy(pool["space_sign"][space_pick]),
             "corr_neutral": torch.from_numpy(src.astype(np.float32)),
             "corr_posed": torch.from_numpy(dst.astype(np.float32)),
         }
