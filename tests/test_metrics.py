@@ -168,3 +168,22 @@ def test_render_protocol_sphere_vs_one_mm_larger():
     assert rec["kind"] == "render" and rec["n_views"] == 10 and rec["image_width"] == 320
     assert rec["camera_target_mm"] == pytest.approx([0, 0, 0], abs=1e-9)
     assert rec["counts"]["gt"]["hits"] > 100_000 and not rec["counts"]["gt"]["flipped_winding"]
+
+
+def test_render_neck_cut_ignores_what_hangs_below_the_ground_truth():
+    """A prediction that closes the neck with a plate below the GT's lowest point: judged on it without the
+    cut, not with it (NPHM's neck cut)."""
+    s = trimesh.creation.icosphere(subdivisions=4, radius=100.0)
+    gt = Mesh(s.vertices, s.faces)
+    plate = trimesh.creation.box(extents=(150.0, 4.0, 150.0))
+    plate.apply_translation((0.0, -130.0, 0.0))
+    both = trimesh.util.concatenate([s, plate])
+    pred = Mesh(both.vertices, both.faces)
+    render = Protocol(kind="render", n_points=20_000)
+    plain = evaluate(pred, gt, render)
+    cut = evaluate(pred, gt, Protocol(kind="render", n_points=20_000, neck_cut_mm=0.0))
+    baseline = evaluate(gt, gt, Protocol(kind="render", n_points=20_000, neck_cut_mm=0.0))["metrics"]["accuracy_mm"]
+    assert plain["metrics"]["accuracy_mm"] > baseline + 5.0      # the plate is far from the sphere
+    assert cut["metrics"]["accuracy_mm"] < baseline + 0.3        # only sampling noise is left
+    assert cut["protocol"]["neck_cut_y_mm"] == pytest.approx(-100.0, abs=0.5)
+    assert cut["protocol"]["counts"]["pred"]["below_neck_cut_dropped"] > 0

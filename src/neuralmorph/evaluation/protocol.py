@@ -61,6 +61,10 @@ class Protocol:
     distance_mm: float = 600.0
     seed: int = 0
     thresholds: tuple[float, ...] = THRESHOLDS_MM
+    neck_cut_mm: float | None = None
+    """NPHM's neck cut (render protocol): drop every rendered point of both surfaces lower (along +y, the
+    canonical up axis) than the ground truth's lowest vertex plus this many mm, so neither side is judged
+    on how it ends the neck. None: no cut."""
 
     def __post_init__(self) -> None:
         if self.kind not in ("points", "render"):
@@ -76,6 +80,8 @@ class Protocol:
         if not th or not all(np.isfinite(t) and t > 0 for t in th):
             raise InputError("protocol.thresholds", f"must be positive distances in mm, got {self.thresholds!r}")
         object.__setattr__(self, "thresholds", th)
+        if self.neck_cut_mm is not None and not np.isfinite(self.neck_cut_mm):
+            raise InputError("protocol.neck_cut_mm", f"must be a finite number of mm, got {self.neck_cut_mm!r}")
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -98,7 +104,7 @@ def _bbox_center(mesh: Mesh) -> np.ndarray:
     return 0.5 * (mesh.vertices.min(axis=0) + mesh.vertices.max(axis=0))
 
 
-def _sample(mesh: Mesh, protocol: Protocol, rng_key: int, center, name: str) -> _Sample:
+def _sample(mesh: Mesh, protocol: Protocol, rng_key: int, center, name: str, floor: float | None = None) -> _Sample:
     ss = _seed(protocol, rng_key)
     n = protocol.n_points
     if protocol.kind == "points":
@@ -112,10 +118,10 @@ def _sample(mesh: Mesh, protocol: Protocol, rng_key: int, center, name: str) -> 
             raise InputError(name, "mesh has zero surface area")
         pts, nrm, fid = sample_surface(mesh.vertices, mesh.faces, n, int(ss.generate_state(1, np.uint64)[0]))
         return _Sample(pts, nrm, fid, {})
-    return _render_sample(mesh, protocol, ss, center, name)
+    return _render_sample(mesh, protocol, ss, center, name, floor)
 
 
-def _render_sample(mesh: Mesh, protocol: Protocol, ss, center, name: str) -> _Sample:
+def _render_sample(mesh: Mesh, protocol: Protocol, ss, center, name: str, floor: float | None = None) -> _Sample:
     if mesh.is_point_cloud:
         raise InputError(name, "the render protocol needs a mesh with faces; use the points protocol for point clouds")
     cams = protocol_cameras(protocol.n_views, protocol.distance_mm, center,
@@ -136,6 +142,12 @@ def _render_sample(mesh: Mesh, protocol: Protocol, ss, center, name: str) -> _Sa
     keep = sign * cos < BACKFACE_COS
     pts, fid = pts[keep], fid[keep]
     counts = {"hits": int(hits), "backfacing_dropped": int(hits - len(pts)), "flipped_winding": flipped}
+    if floor is not None:
+        above = pts[:, 1] >= floor
+        counts["below_neck_cut_dropped"] = int((~above).sum())
+        pts, fid = pts[above], fid[above]
+        if len(pts) == 0:
+            raise InputError(name, f"nothing of it is visible above the neck cut (y ≥ {floor:.1f} mm)")
     if len(pts) == 0:
         raise InputError(name, f"no front-facing surface is visible from the {protocol.n_views} protocol "
                                f"cameras ({protocol.distance_mm:g} mm around {np.round(center, 1).tolist()})")
@@ -181,8 +193,10 @@ def evaluate(
     if regions and gt.is_point_cloud:
         raise InputError("regions", "regions need a ground-truth mesh with faces")
     center = _bbox_center(gt)
-    gs = _sample(gt, protocol, GT_KEY, center, "gt")
-    ps = _sample(pred, protocol, PRED_KEY, center, "pred")
+    floor = (None if protocol.neck_cut_mm is None or protocol.kind != "render"
+             else float(gt.vertices[:, 1].min()) + protocol.neck_cut_mm)
+    gs = _sample(gt, protocol, GT_KEY, center, "gt", floor)
+    ps = _sample(pred, protocol, PRED_KEY, center, "pred", floor)
     d_pred, i_pred = nearest_neighbors(ps.points, gs.points)
     d_gt, i_gt = nearest_neighbors(gs.points, ps.points)
     with_normals = ps.normals is not None and gs.normals is not None
@@ -198,6 +212,8 @@ def evaluate(
                   correspondence=corr, counts={"pred": ps.counts, "gt": gs.counts})
     if protocol.kind == "render":
         record["camera_target_mm"] = center.tolist()
+        if floor is not None:
+            record["neck_cut_y_mm"] = floor
 
     region_record = {}
     for name, ids in (regions or {}).items():

@@ -286,7 +286,8 @@ class LocalEnsemble(nn.Module):
         0 or >= A: every anchor).
 
         Kernel values g = exp(−d²/(2σ²)) (the global member at its pseudo-distance). The sparse path
-        subtracts the first left-out anchor's value, w ∝ max(g − g_(K+1), 0): an anchor entering or
+        subtracts the first left-out anchor's value from every anchor's, w ∝ max(g − g_(K+1), 0) (the global
+        member, part of both paths, keeps its g): an anchor entering or
         leaving the K nearest then has weight 0 at that moment, so the blended field stays continuous
         across the boundaries where the neighbour set changes (plain truncation jumps there). Where
         g_(K+1) is negligible this is the dense blend; with every anchor there is nothing to subtract.
@@ -311,7 +312,11 @@ class LocalEnsemble(nn.Module):
             # g·max(1 − g_cut/g, 0) in log space, then renormalised
             # (clamping the exponent, not the result: exp(cut − logit) overflows for the global member far
             # below the cut, and inf · 0 would poison the gradient)
-            w = torch.softmax(logits, dim=-1) * (1.0 - torch.exp((cut - logits).clamp_max(0.0)))
+            keep = 1.0 - torch.exp((cut - logits).clamp_max(0.0))
+            # the global member takes part in both paths, so it is never cut (cutting it would drop it
+            # wherever the (K+1)-th anchor is nearer than its pseudo-distance, i.e. almost everywhere)
+            keep = torch.cat([keep[..., :-1], torch.ones_like(keep[..., -1:])], dim=-1)
+            w = torch.softmax(logits, dim=-1) * keep
             w = w / w.sum(-1, keepdim=True).clamp_min(1e-30)
         slots = torch.cat([idx, torch.full_like(idx[..., :1], a)], dim=-1)
         return slots, w
