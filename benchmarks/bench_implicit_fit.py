@@ -6,7 +6,7 @@
 For each held-out subject of DATA (the test split; the model must not have seen it): one single-view
 2,500-point cloud per head of the subject (NPHM's protocol), then `fit_point_clouds` with the default
 ImplicitFitConfig at each step count. Each fit is scored against the registered ground truth with the
-render protocol (face-region chamfer-L1, mm). Reported per step count: median fit seconds (fitting and
+fidelity benchmark's protocol (render, 20 mm neck cut; face-region chamfer-L1, mm). Reported per step count: median fit seconds (fitting and
 meshing) and the mean face chamfer; and the smallest step count whose error is within 5% of the longest
 run's, with its time — the issue's "time to within 5% of the final error".
 """
@@ -26,7 +26,8 @@ import torch
 from neuralmorph.data.dataset import HeadDataset
 from neuralmorph.data.head_model import HeadModel
 from neuralmorph.data.observe import single_view_points
-from neuralmorph.evaluation.protocol import Protocol, evaluate
+from neuralmorph.evaluation.fidelity import IMPLICIT_PROTOCOL
+from neuralmorph.evaluation.protocol import evaluate
 from neuralmorph.geometry.mesh import Mesh
 from neuralmorph.implicit.fitting import ImplicitFitConfig, fit_point_clouds
 from neuralmorph.models.base import MorphableModel
@@ -56,7 +57,7 @@ def main() -> None:
             result = fit_point_clouds(model, clouds[s], ImplicitFitConfig(steps=steps, eval_points=0))
             seconds.append(time.perf_counter() - start)
             for i, mesh in zip(observations[s], result.meshes):
-                m = evaluate(mesh, Mesh(data.vertices[i].astype(np.float64), data.faces), Protocol(kind="render"),
+                m = evaluate(mesh, Mesh(data.vertices[i].astype(np.float64), data.faces), IMPLICIT_PROTOCOL,
                              regions=face)["metrics"]
                 errors.append(m["face/chamfer_l1_mm"])
         rows.append({"steps": steps, "seconds_per_subject": float(np.median(seconds)),

@@ -178,7 +178,8 @@ def test_nonzero_level_is_an_offset_surface():
 
 class FakeImplicitModel:
     """The contract `run_extraction_bench` uses, on an analytic head-like field (a smooth union of
-    anchored spheres); `neighbours` picks how many nearest anchors blend (0: all)."""
+    anchored spheres); `neighbours` picks how many nearest anchors blend (0: all); `all_members` gives
+    the same field (here nothing is skipped either way)."""
 
     ANCHORS = torch.tensor([[0.0, 0.15, 0.0], [0.0, -0.25, 0.2], [0.0, -0.05, 0.55], [-0.55, 0.0, 0.0],
                             [0.55, 0.0, 0.0], [0.0, -0.75, -0.1]])
@@ -193,7 +194,7 @@ class FakeImplicitModel:
     def zero_latents(self, batch: int = 1) -> dict[str, torch.Tensor]:
         return {"identity": torch.zeros(batch, 4), "expression": torch.zeros(batch, 2)}
 
-    def canonical_field(self, identity: torch.Tensor, neighbours: int | None = None):
+    def canonical_field(self, identity: torch.Tensor, neighbours: int | None = None, all_members: bool = False):
         assert identity.shape == (1, 4)
         k = self.default_neighbours if neighbours is None else neighbours
         k = len(self.ANCHORS) if k == 0 or self.family == "implicit-global" else k

@@ -185,6 +185,24 @@ def test_sparse_blend_matches_all_anchors_where_the_rest_weigh_nothing(data):
     assert (model.sdf(x, z, neighbours=2) - dense).abs().max() > 1e-3
 
 
+def test_sparse_path_equals_evaluating_every_member(data):
+    """The model's field is the K-nearest blend: evaluating all A + 1 members with its weights (zero beyond
+    the K nearest) must give the same SDF, and gradients, to float rounding — everywhere, not only near anchors."""
+    model = _randomised_local(data, anchor_pairs=12, anchor_midline=6, neighbours=8, blend_neighbour=6)
+    g = torch.Generator().manual_seed(5)
+    z = torch.randn(2, model.latent_sizes["identity"], generator=g) * 0.3
+    x = ((torch.rand(2, 3000, 3, generator=g) - 0.5) * 2.0).requires_grad_(True)
+    slots, w = model.field.blend(x, model.anchors(z), all_members=True)
+    assert slots.shape == (2, 3000, 31) and (w > 0).sum(-1).max() <= 9        # 30 anchors + global, ≤ K + 1 used
+    sparse, full = model.sdf(x, z), model.sdf(x, z, all_members=True)
+    assert (sparse - full).abs().max() < 1e-5
+    gs, = torch.autograd.grad(sparse.sum(), x)
+    gf, = torch.autograd.grad(full.sum(), x)
+    assert (gs - gf).abs().max() < 1e-4
+    # not vacuous: NPHM's softmax over every anchor is a different field on the same weights
+    assert (model.sdf(x, z, neighbours=0) - sparse).abs().max() > 1e-3
+
+
 def test_training_reduces_the_held_out_surface_error(trained):
     model, samples, before, out = trained
     after = held_out_surface_error(model, samples, 3000)

@@ -280,7 +280,8 @@ class ImplicitModel(MorphableModel):
         """(B, Ki) -> (B, F) what the deformation is conditioned on."""
         return identity
 
-    def _field(self, x: torch.Tensor, identity: torch.Tensor, neighbours: int | None) -> torch.Tensor:
+    def _field(self, x: torch.Tensor, identity: torch.Tensor, neighbours: int | None,
+               all_members: bool = False) -> torch.Tensor:
         raise NotImplementedError
 
     # --- the contract -----------------------------------------------------------------------------
@@ -303,15 +304,18 @@ class ImplicitModel(MorphableModel):
             x = torch.cat([x, x.new_zeros(*x.shape[:-1], self.field_dims - 3)], dim=-1)
         return x
 
-    def sdf(self, x: torch.Tensor, identity: torch.Tensor, neighbours: int | None = None) -> torch.Tensor:
+    def sdf(self, x: torch.Tensor, identity: torch.Tensor, neighbours: int | None = None,
+            all_members: bool = False) -> torch.Tensor:
         """Canonical signed distance.
 
         x: (B, P, 3) float32 canonical points — or (B, P, 3 + H) with hyper-coordinates, as `deform`
         returns them for backward models with hyper_dims = H (3-d points are taken at hyper = 0);
-        identity: (B, Ki) float32; neighbours: local family only, overrides the blended anchors
-        (0: all). Returns (B, P) float32 in canonical units, negative inside.
+        identity: (B, Ki) float32. Local family only: neighbours overrides how many nearest anchors
+        blend (0: all, NPHM's dense softmax — a different field); all_members evaluates every member with
+        the same weights (the same field, at NPHM's cost: the reference for the sparse path).
+        Returns (B, P) float32 in canonical units, negative inside.
         """
-        return self._field(self._points(x), identity, neighbours)
+        return self._field(self._points(x), identity, neighbours, all_members)
 
     def deform(self, x: torch.Tensor, identity: torch.Tensor, expression: torch.Tensor) -> torch.Tensor:
         """Deformed positions in the configured direction.
@@ -340,9 +344,11 @@ class ImplicitModel(MorphableModel):
         xc = torch.where((ok & torch.isfinite(xc).all(-1))[:, None], xc, y)
         return self.sdf(xc.reshape(b, p, 3), identity, neighbours)
 
-    def canonical_field(self, identity: torch.Tensor, neighbours: int | None = None) -> Field:
+    def canonical_field(self, identity: torch.Tensor, neighbours: int | None = None,
+                        all_members: bool = False) -> Field:
         """The canonical SDF of one identity (1, Ki) as a function (P, 3) float32 -> (P,) float32 for
-        extraction (hyper-coordinates 0); evaluated without gradients, in chunks, on the model's device."""
+        extraction (hyper-coordinates 0); evaluated without gradients, in chunks, on the model's device.
+        neighbours, all_members: as in `sdf`."""
         z = identity.detach().reshape(1, -1).to(self.device, torch.float32)
 
         @torch.no_grad()
@@ -350,7 +356,7 @@ class ImplicitModel(MorphableModel):
             out = []
             for s in range(0, len(points), FIELD_CHUNK):
                 q = points[s:s + FIELD_CHUNK].to(self.device, torch.float32)[None]
-                out.append(self.sdf(q, z, neighbours)[0])
+                out.append(self.sdf(q, z, neighbours, all_members)[0])
             return torch.cat(out) if out else points.new_zeros(0)
 
         return field
@@ -580,7 +586,7 @@ class ImplicitGlobalModel(ImplicitModel):
         self.deformer = deformer(config.identity_size, config.expression_size, config.id_compress,
                                  config.deform_hidden, config.deform_layers, **kwargs)
 
-    def _field(self, x, identity, neighbours):
+    def _field(self, x, identity, neighbours, all_members=False):
         return self.field(x, identity)
 
     @classmethod
@@ -618,8 +624,8 @@ class ImplicitLocalModel(ImplicitModel):
         self.deformer = deformer(field.code_size + 3 * field.n_anchors, config.expression_size, config.id_compress,
                                  config.deform_hidden, config.deform_layers, **kwargs)
 
-    def _field(self, x, identity, neighbours):
-        return self.field(x, identity, neighbours)
+    def _field(self, x, identity, neighbours, all_members=False):
+        return self.field(x, identity, neighbours, all_members)
 
     def anchors(self, identity: torch.Tensor) -> torch.Tensor:
         """(B, Ki) identity codes -> (B, A, 3) anchor positions, canonical units (mirror-symmetric)."""

@@ -279,11 +279,12 @@ class LocalEnsemble(nn.Module):
 
     # --- blending ---------------------------------------------------------------------------------
 
-    def blend(self, x: torch.Tensor, anchors: torch.Tensor, neighbours: int | None = None
-              ) -> tuple[torch.Tensor, torch.Tensor]:
+    def blend(self, x: torch.Tensor, anchors: torch.Tensor, neighbours: int | None = None,
+              all_members: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Neighbour slots (B, P, K+1) int64 (the global member last) and their normalised weights
         (B, P, K+1) for points x (B, P, D) and anchors (B, A, 3); K = neighbours (None: the default,
-        0 or >= A: every anchor).
+        0 or >= A: every anchor). all_members: the same weights spread over every slot (B, P, A+1),
+        zero outside the K nearest — NPHM's evaluate-everything pattern, the sparse path's reference.
 
         Kernel values g = exp(−d²/(2σ²)) (the global member at its pseudo-distance). The sparse path
         subtracts the first left-out anchor's value from every anchor's, w ∝ max(g − g_(K+1), 0) (the global
@@ -319,6 +320,9 @@ class LocalEnsemble(nn.Module):
             w = torch.softmax(logits, dim=-1) * keep
             w = w / w.sum(-1, keepdim=True).clamp_min(1e-30)
         slots = torch.cat([idx, torch.full_like(idx[..., :1], a)], dim=-1)
+        if all_members and k < a:
+            w = w.new_zeros(*w.shape[:-1], a + 1).scatter(-1, slots, w)
+            slots = torch.arange(a + 1, device=x.device).expand(w.shape)
         return slots, w
 
     # --- evaluation ---------------------------------------------------------------------------------
@@ -372,10 +376,12 @@ class LocalEnsemble(nn.Module):
         inverse[order] = torch.arange(len(order), device=order.device)
         return torch.cat(outs)[inverse].reshape(b, p, k1)
 
-    def forward(self, x: torch.Tensor, code: torch.Tensor, neighbours: int | None = None) -> torch.Tensor:
-        """x: (B, P, 3 + H) canonical points, code: (B, G + (A+1)·L) identity codes -> (B, P) SDF."""
+    def forward(self, x: torch.Tensor, code: torch.Tensor, neighbours: int | None = None,
+                all_members: bool = False) -> torch.Tensor:
+        """x: (B, P, 3 + H) canonical points, code: (B, G + (A+1)·L) identity codes -> (B, P) SDF.
+        all_members: evaluate every member and blend with the same weights (the slow reference)."""
         anchors = self.anchors(code)
-        slots, w = self.blend(x, anchors, neighbours)
+        slots, w = self.blend(x, anchors, neighbours, all_members)
         f = self.members(x, code, slots, anchors)
         return (w * f).sum(-1) + (x[..., :3].square().sum(-1) + 1e-12).sqrt() - self.radius
 
