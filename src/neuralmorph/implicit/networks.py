@@ -19,10 +19,16 @@ from torch import nn
 from torch.nn import functional as F
 
 BETA = 100.0
+FLOOR = -20.0 / BETA
+"""Inputs are clamped here first. Below β·x ≈ −87, exp(β·x) and the log1p series inside softplus (and the
+sigmoid of its gradient) pass through denormal floats, which x86 CPUs handle in microcode: with hidden
+activations of order 1 that made softplus ~7× slower than the matmuls around it (measured, 2,000 × 240
+float32, one thread: 12.8 ms -> 1.8 ms). At β·x = −20 softplus is 2e−11 and its slope 2e−9, so nothing
+measurable is lost."""
 
 
 def softplus(x: torch.Tensor) -> torch.Tensor:
-    return F.softplus(x, beta=BETA)
+    return F.softplus(x.clamp_min(FLOOR), beta=BETA)
 
 
 def count_parameters(module: nn.Module) -> int:
