@@ -224,8 +224,8 @@ def _frozen(model: torch.nn.Module) -> Iterator[None]:
 
 
 def canonical_points(model, posed: torch.Tensor, identity: torch.Tensor, expression: torch.Tensor,
-                     root_finding: RootFinding = RootFinding(), start: torch.Tensor | None = None
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+                     root_finding: RootFinding = RootFinding(), start: torch.Tensor | None = None,
+                     inv_jacobian: torch.Tensor | None = None, return_inverse: bool = False):
     """Bring posed points into the model's canonical space.
 
     posed: (B, P, 3) float32 canonical-frame units; identity: (B, Ki); expression: (B, Ke).
@@ -234,17 +234,22 @@ def canonical_points(model, posed: torch.Tensor, identity: torch.Tensor, express
     Broyden root finding started at the posed point (one batched solve for all B observations; a point
     that did not converge is returned at its posed position, without gradient, so downstream values stay
     finite); backward models evaluate it, and every point counts as converged. start: (B, P, 3) initial
-    guesses for the root finding (default: the posed points), e.g. the previous step's solutions.
+    guesses for the root finding (default: the posed points), e.g. the previous step's solutions;
+    inv_jacobian (B, P, 3, 3): the previous step's inverse Jacobians (forward models; see
+    `invert_deformation`). return_inverse: also return this solve's (B, P, 3, 3) (None for backward models).
     """
     if model.deformation == "backward":
-        return (model.deform(posed, identity, expression),
-                torch.ones(posed.shape[:2], dtype=torch.bool, device=posed.device))
+        out = (model.deform(posed, identity, expression),
+               torch.ones(posed.shape[:2], dtype=torch.bool, device=posed.device))
+        return (*out, None) if return_inverse else out
     x0 = posed if start is None else start.to(posed)
-    x, converged = invert_deformation(lambda q: model.deform(q, identity, expression), posed, x0=x0,
-                                      max_iter=root_finding.max_iter, tol=root_finding.tol,
-                                      diverge=root_finding.diverge)
+    x, converged, jinv = invert_deformation(lambda q: model.deform(q, identity, expression), posed, x0=x0,
+                                            max_iter=root_finding.max_iter, tol=root_finding.tol,
+                                            diverge=root_finding.diverge, inv_jacobian=inv_jacobian,
+                                            return_inverse=True)
     converged = converged & torch.isfinite(x).all(dim=-1)
-    return torch.where(converged[..., None], x, posed.detach()), converged
+    x = torch.where(converged[..., None], x, posed.detach())
+    return (x, converged, jinv) if return_inverse else (x, converged)
 
 
 def _translation_icp(points: np.ndarray, tree: cKDTree, normals: np.ndarray, start: np.ndarray,
@@ -383,9 +388,11 @@ def _optimise(model, ys: list[torch.Tensor], config: ImplicitFitConfig, temporal
     terms: dict[str, list[float]] = {}
     queried, converged = 0, 0
     n_draw = min(config.observations_per_step, n)
-    # Each observed point's last canonical pre-image: the codes move little per step, so starting the
-    # root finding there takes a few Broyden iterations instead of ~8 from the posed point.
+    # Each observed point's last canonical pre-image and the deformation's inverse Jacobian there: the
+    # codes move little per step, so Broyden started from both needs a Newton step or two instead of
+    # ~5 iterations from the previous root with an identity Jacobian (~8 from the posed point).
     starts = [y.detach().clone() for y in ys]
+    inverses = [torch.eye(3, device=dev).expand(len(y), 3, 3).clone() for y in ys]
     bar = tqdm(range(config.steps), desc="fit", unit="step", disable=not progress, leave=False, mininterval=0.5)
     for step in bar:
         for group, lr in zip(opt.param_groups, base_lr):
@@ -395,16 +402,19 @@ def _optimise(model, ys: list[torch.Tensor], config: ImplicitFitConfig, temporal
                                             replace=len(ys[i]) < config.points_per_step), device=dev) for i in sel]
         y = torch.stack([ys[i][j] for i, j in zip(sel, picks)])  # (B, P, 3)
         start = torch.stack([starts[i][j] for i, j in zip(sel, picks)])
+        inv_start = torch.stack([inverses[i][j] for i, j in zip(sel, picks)])
         if config.refine_pose:
             rot = _rotation(rot_deg * (math.pi / 180))
             y = (y - centre) @ rot.T + centre + shift_mm / mm_per_unit
         z_id = _codes(model, w_id, "identity").expand(len(sel), -1)
         z_ex_all = _codes(model, torch.cat(w_ex), "expression")  # (n, Ke)
         z_ex = z_ex_all[torch.as_tensor(sel, device=dev)]
-        x, conv = canonical_points(model, y, z_id, z_ex, config.root_finding, start=start)
+        x, conv, jinv = canonical_points(model, y, z_id, z_ex, config.root_finding, start=start,
+                                         inv_jacobian=inv_start, return_inverse=True)
         if model.deformation == "forward":
             for b, (i, j) in enumerate(zip(sel, picks)):
                 starts[i][j[conv[b]]] = x[b][conv[b]].detach()
+                inverses[i][j[conv[b]]] = jinv[b][conv[b]]
         resid = model.sdf(x, z_id).abs()  # (B, P)
         keep = conv & (resid.detach() < config.truncation_units(step, mm_per_unit))
         n_keep = int(keep.sum())

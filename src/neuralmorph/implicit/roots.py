@@ -152,16 +152,20 @@ def deformation_jacobian(deform: Residual, x: torch.Tensor) -> torch.Tensor:
 
 
 def invert_deformation(deform: Residual, y: torch.Tensor, x0: torch.Tensor | None = None, max_iter: int = 15,
-                       tol: float = 1e-6, diverge: float = DEFAULT_DIVERGE) -> tuple[torch.Tensor, torch.Tensor]:
+                       tol: float = 1e-6, diverge: float = DEFAULT_DIVERGE, inv_jacobian: torch.Tensor | None = None,
+                       return_inverse: bool = False):
     """Canonical points x with deform(x) = y, differentiable in y and in everything deform closes over.
 
     deform: (..., P, 3) -> (..., P, 3) forward deformation (canonical -> posed), points independent;
     may close over tensors that require grad. y: (..., P, 3) float observed points (may require grad).
     x0: (..., P, 3) starting points, default y (the deformation is near the identity).
-    max_iter, tol, diverge: as in `broyden_solve` (see RootFinding).
+    max_iter, tol, diverge: as in `broyden_solve` (see RootFinding); inv_jacobian (..., P, 3, 3): Broyden's
+    initial inverse Jacobians (default identity).
     Returns x (..., P, 3), equal to the Broyden root, with the implicit-function gradient
     dx = J⁻¹ (dy - ∂deform/∂θ dθ); and converged (..., P) bool. Points not converged (or with a singular
-    Jacobian) carry the root's value but no gradient: mask them out of any loss.
+    Jacobian) carry the root's value but no gradient: mask them out of any loss. return_inverse: also
+    return J⁻¹ at the roots (..., P, 3, 3), detached (identity where unusable) — the right inv_jacobian
+    for the next solve when the deformation changes a little (fitting), so Broyden starts like Newton.
     """
     RootFinding(max_iter, tol, diverge)
     _check_points(y, "y")
@@ -169,7 +173,7 @@ def invert_deformation(deform: Residual, y: torch.Tensor, x0: torch.Tensor | Non
         raise InputError("x0", f"must have the shape of y {tuple(y.shape)}, got {tuple(x0.shape)}")
     target = y.detach()
     start = target if x0 is None else x0.detach()
-    x_star, converged = broyden_solve(lambda x: deform(x) - target, start, max_iter, tol, diverge)
+    x_star, converged = broyden_solve(lambda x: deform(x) - target, start, max_iter, tol, diverge, inv_jacobian)
     jac = deformation_jacobian(deform, x_star)
     jinv, info = torch.linalg.inv_ex(jac)
     usable = converged & (info == 0) & torch.isfinite(jinv).flatten(-2).all(-1)
@@ -179,4 +183,8 @@ def invert_deformation(deform: Residual, y: torch.Tensor, x0: torch.Tensor | Non
     # under the caller's grad mode: inside no_grad this is just x*, and nothing is recorded
     r = deform(x_star) - y
     corr = (jinv @ r.unsqueeze(-1)).squeeze(-1)
-    return x_star - (corr - corr.detach()), converged
+    x = x_star - (corr - corr.detach())
+    if not return_inverse:
+        return x, converged
+    eye = torch.eye(3, dtype=jinv.dtype, device=jinv.device).expand_as(jinv)
+    return x, converged, torch.where(usable[..., None, None], jinv, eye)
