@@ -157,7 +157,9 @@ def cloud(forward_model):
                                  dict(lr_halve_at=(0.6, 0.2)), dict(points_per_step=0),
                                  dict(truncation_mm=(25.0, 12.5)), dict(truncation_at=(0.1, 0.25, 0.5)),
                                  dict(reg_weights={"symmetry": (1.0, 2.0)}), dict(reg_default=(-1.0,)),
-                                 dict(temporal_code_weight=-1.0), dict(mesh_resolution=4)])
+                                 dict(temporal_code_weight=-1.0), dict(mesh_resolution=4),
+                                 dict(code_prior="wide"), dict(expression_starts=-1), dict(head_pose_weight=-1.0),
+                                 dict(lr_head_deg=0.0)])
 def test_config_rejects_bad_values(bad):
     with pytest.raises(InputError, match="implicit fit config"):
         ImplicitFitConfig(**bad)
@@ -272,6 +274,57 @@ def test_pose_refinement_corrects_a_misalignment(forward_model):
     assert dt < 1.5 and dr < 2.0
     assert code_errors(refined)[0] < 0.005 < code_errors(fixed)[0]
     assert observed_to_mesh_mm(moved, refined.meshes[0]).mean() < 0.6 < observed_to_mesh_mm(moved, fixed.meshes[0]).mean()
+
+
+class EllipsoidsWithTraining(Ellipsoids):
+    """Ellipsoids with a codebook of training expressions (what the multi-start picks from)."""
+
+    def training_latents(self):
+        ex = torch.tensor([[-0.8, 0.6], [0.0, 0.9], [0.85, -0.75], [0.3, 0.3]])
+        return {"identity": torch.zeros(len(ex), 3), "expression": ex}
+
+
+def test_diagonal_code_prior_keeps_each_dimension_spread_and_drops_correlations():
+    from neuralmorph.implicit.fitting import _code_spaces, _codes, _whiten
+
+    model = Ellipsoids()
+    codes = torch.randn(200, 3, generator=torch.Generator().manual_seed(0)) @ torch.tensor(
+        [[0.2, 0.0, 0.0], [0.15, 0.1, 0.0], [0.0, 0.0, 0.05]]).T
+    model.prior["identity"].fit(codes)
+    full, diag = _code_spaces(model, "full")["identity"][1], _code_spaces(model, "diagonal")["identity"][1]
+    assert torch.allclose(diag @ diag.T, torch.diag(torch.diag(full @ full.T)))
+    assert (full @ full.T)[1, 0] > 0.02  # the correlation the diagonal prior lets go
+    spaces = _code_spaces(model, "diagonal")
+    assert torch.allclose(_codes(spaces, _whiten(spaces, codes[:5], "identity"), "identity"), codes[:5], atol=1e-6)
+
+
+def test_expression_start_is_the_training_code_that_explains_the_points_best(cloud):
+    model = EllipsoidsWithTraining("forward")
+    cfg = {**FAST, "steps": 0, "eval_points": 0}
+    picked = fit_point_clouds(model, [cloud], ImplicitFitConfig(**cfg)).latents["expression"][0]
+    assert np.allclose(picked.numpy(), [0.85, -0.75], atol=1e-5)  # the one nearest TRUE_EX (0.9, -0.7)
+    mean = fit_point_clouds(model, [cloud], ImplicitFitConfig(**cfg, expression_starts=0)).latents["expression"][0]
+    assert np.allclose(mean.numpy(), 0.0)
+
+
+def test_head_pose_follows_a_head_that_turned_in_one_observation(forward_model):
+    from neuralmorph.geometry.sampling import sample_surface
+
+    mesh = true_mesh(forward_model)
+    full, _, _ = sample_surface(mesh.vertices, mesh.faces, 3000, 0)
+    turn = Similarity(1.0, _turn(6.0), np.array([4.0, -3.0, 5.0]))  # the second head turned and moved
+    clouds = [full, turn.apply(full)]
+    cfg = {**FAST, "steps": 200, "eval_points": 0}
+    still = fit_point_clouds(forward_model, clouds, ImplicitFitConfig(**cfg))
+    # no pull towards still heads: a smooth ellipsoid shows its turn only faintly
+    moving = fit_point_clouds(forward_model, clouds, ImplicitFitConfig(**cfg, head_pose=True, head_pose_weight=0.0))
+    assert len(moving.head_poses) == 2 and np.allclose(still.head_poses[1].matrix, np.eye(4), atol=1e-9)
+    dt, dr = _pose_error(moving.head_poses[1], turn)
+    assert dt < 1.5 and dr < 1.0
+    assert _pose_error(moving.head_poses[0], Similarity())[0] < 0.5  # the still head stays still
+    assert observed_to_mesh_mm(clouds[1], moving.meshes[1]).mean() < 0.5 < \
+        observed_to_mesh_mm(clouds[1], still.meshes[1]).mean()
+    assert code_errors(moving)[0] < 0.005
 
 
 def test_truncation_milestone_drops_outliers_when_scheduled(forward_model, cloud):

@@ -129,9 +129,10 @@ def run_implicit_fit(cfg: FitCommand, model: MorphableModel) -> dict:
     with atomic_dir(cfg.out) as tmp:
         for i, mesh in enumerate(result.meshes):
             save_mesh(tmp / f"fit_{i:03d}.ply", mesh)
+            # each observation's own pose: its head pose (config.head_pose) on top of the shared one
             save_latents(tmp / f"fit_{i:03d}.latents.json", model,
-                         {"identity": identity, "expression": expressions[i:i + 1]}, pose=pose,
-                         observation=target.names[i])
+                         {"identity": identity, "expression": expressions[i:i + 1]},
+                         pose=result.observation_poses[i].as_dict(), observation=target.names[i])
         # latents.json: the first observation as a standard latents file (what `sample`/`transfer` read),
         # plus every observation's expression code
         save_latents(tmp / "latents.json", model, {"identity": identity, "expression": expressions[:1]}, pose=pose,

@@ -1,8 +1,9 @@
 """Fit an implicit head model to observations of one subject: point clouds (NPHM's test protocol) or a
 depth-map sequence (NPMs' tracking), by optimising latent codes against the signed-distance field.
 
-One identity code is shared by every observation and each observation gets its own expression code, all
-starting at the prior means. A step draws a few observations and a few of their points, brings the points
+One identity code is shared by every observation and each observation gets its own expression code; the
+identity starts at the prior mean, each expression at whichever training expression code best explains its
+points (multi-start). A step draws a few observations and a few of their points, brings the points
 into canonical space and pulls the canonical SDF there to zero:
 
 * forward models (deformation canonical -> posed) invert the deformation per point by Broyden root
@@ -22,7 +23,8 @@ temporal term on the codes and on the deformations. Every weight and schedule is
 Depth frames are back-projected to point clouds and share the same machinery. Observations are in
 millimetres in the target's coordinates; a given pose and/or an ICP against the model's average head
 brings them into the model frame first, optionally refined jointly with the codes (one rigid motion for
-all observations), and the meshes come back in the target's coordinates. docs/implicit_fitting.md has
+all observations), optionally with a rigid head motion per observation on top (a turned head), and the
+meshes come back in the target's coordinates. docs/implicit_fitting.md has
 the formats, every config field and measured numbers.
 """
 
@@ -79,6 +81,16 @@ class ImplicitFitConfig:
     """Fractions of `steps` at which both learning rates are multiplied by `lr_factor` (NPHM: 200/400/600/800 of 1000)."""
     lr_factor: float = 0.5
     """Learning-rate factor at each `lr_halve_at` milestone."""
+    code_prior: str = "full"
+    """The Gaussian whose coordinates the codes are optimised in: "full", the model's prior (codes move
+    mostly within the span of the training codes), or "diagonal", its per-dimension spreads only (NPHM's
+    per-dimension prior: every direction as free as the training codes' spread along it)."""
+    expression_starts: int = 256
+    """Multi-start: each observation's expression code starts at whichever of this many of the model's
+    training expression codes (and the prior mean) best explains its points at the mean identity; 0: every
+    code starts at the prior mean. Large expressions (a jaw wide open) lie outside the basin of the mean."""
+    start_points: int = 200
+    """Points per observation used to score the expression starts."""
     observations_per_step: int = 4
     """Observations drawn per step (all of them when there are fewer; NPHM: 5)."""
     points_per_step: int = 500
@@ -122,6 +134,17 @@ class ImplicitFitConfig:
     """Adam learning rate of the pose refinement's rotation (degrees per step; follows `lr_halve_at`)."""
     lr_pose_mm: float = 0.5
     """Adam learning rate of the pose refinement's translation (millimetres per step)."""
+    head_pose: bool = False
+    """Give each observation its own rigid head motion (a turned neck), optimised jointly with the codes
+    on top of the shared pose: MonoNPHM's per-frame head pose. Off: head rotation must come from the
+    expression code, which reaches only rotations like those in the training expressions."""
+    lr_head_deg: float = 0.2
+    """Adam learning rate of the per-observation head rotations (degrees per step; follows `lr_halve_at`)."""
+    lr_head_mm: float = 0.5
+    """Adam learning rate of the per-observation head translations (millimetres per step)."""
+    head_pose_weight: float = 3e-5
+    """Weight of the head motions' mean squared size (degrees² + millimetres²): keeps a head still where
+    the data cannot tell its pose from its shape."""
     mesh_resolution: int = 128
     """Grid resolution of the fitted meshes (`model.meshes`)."""
     eval_points: int = 20_000
@@ -135,7 +158,7 @@ class ImplicitFitConfig:
         where = "implicit fit config"
         if self.steps < 0:
             raise InputError(where, f"steps must be >= 0, got {self.steps}")
-        for name in ("lr_identity", "lr_expression", "lr_pose_deg", "lr_pose_mm"):
+        for name in ("lr_identity", "lr_expression", "lr_pose_deg", "lr_pose_mm", "lr_head_deg", "lr_head_mm"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v > 0):
                 raise InputError(where, f"{name} must be positive, got {v}")
@@ -143,7 +166,12 @@ class ImplicitFitConfig:
             raise InputError(where, f"lr_factor must lie in (0, 1], got {self.lr_factor}")
         if any(not 0 <= a <= 1 for a in self.lr_halve_at) or list(self.lr_halve_at) != sorted(self.lr_halve_at):
             raise InputError(where, f"lr_halve_at must be increasing fractions in [0, 1], got {self.lr_halve_at}")
-        for name in ("observations_per_step", "points_per_step", "align_resolution", "mesh_resolution"):
+        if self.code_prior not in ("full", "diagonal"):
+            raise InputError(where, f"code_prior must be 'full' or 'diagonal', got {self.code_prior!r}")
+        if self.expression_starts < 0:
+            raise InputError(where, f"expression_starts must be >= 0, got {self.expression_starts}")
+        for name in ("observations_per_step", "points_per_step", "align_resolution", "mesh_resolution",
+                     "start_points"):
             if getattr(self, name) < 1:
                 raise InputError(where, f"{name} must be >= 1, got {getattr(self, name)}")
         if self.align_resolution < 8 or self.mesh_resolution < 8:
@@ -152,7 +180,7 @@ class ImplicitFitConfig:
             raise InputError(where, "align_scale needs align_rotation (the similarity ICP estimates both)")
         if self.temporal_points < 0 or self.eval_points < 0:
             raise InputError(where, "temporal_points and eval_points must be >= 0")
-        for name in ("surface_weight", "temporal_code_weight", "temporal_deformation_weight"):
+        for name in ("surface_weight", "temporal_code_weight", "temporal_deformation_weight", "head_pose_weight"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v >= 0):
                 raise InputError(where, f"{name} must be >= 0, got {v}")
@@ -195,7 +223,9 @@ def _phase(at: Sequence[float], step: int, steps: int) -> int:
 @dataclass
 class ImplicitFitResult:
     latents: Latents                       # identity (1, Ki), expression (n_obs, Ke) float32
-    pose: Similarity                       # model frame (mm) -> the target's coordinates
+    pose: Similarity                       # model frame (mm) -> the target's coordinates (shared)
+    head_poses: list[Similarity]           # (n_obs) model frame -> model frame (mm): each head's own rigid
+                                           # motion (identity unless config.head_pose); mesh i = pose ∘ head i
     meshes: list[Mesh]                     # (n_obs) fitted heads, mm, target coordinates
     history: list[float]                   # total loss per step
     terms: dict[str, list[float]]          # each loss term (unweighted) per step
@@ -208,6 +238,11 @@ class ImplicitFitResult:
     @property
     def seconds(self) -> float:
         return self.fit_seconds + self.mesh_seconds
+
+    @property
+    def observation_poses(self) -> list[Similarity]:
+        """(n_obs) model frame (mm) -> the target's coordinates, each observation's head pose included."""
+        return [self.pose.compose(head) for head in self.head_poses]
 
 
 @contextmanager
@@ -331,10 +366,11 @@ def _check_clouds(clouds: Sequence[np.ndarray]) -> list[np.ndarray]:
     return arrays
 
 
-def _canonical(model, arrays: list[np.ndarray], to_model: Similarity) -> list[torch.Tensor]:
-    """Target-mm observations -> (P_i, 3) float32 canonical-unit tensors on the model's device."""
-    return [torch.as_tensor(model.frame.to_canonical(to_model.apply(a)), dtype=torch.float32, device=model.device)
-            for a in arrays]
+def _canonical(model, arrays: list[np.ndarray], to_model: list[Similarity]) -> list[torch.Tensor]:
+    """Target-mm observations (each with its target -> model similarity) -> (P_i, 3) float32
+    canonical-unit tensors on the model's device."""
+    return [torch.as_tensor(model.frame.to_canonical(t.apply(a)), dtype=torch.float32, device=model.device)
+            for a, t in zip(arrays, to_model)]
 
 
 def _rotation(w: torch.Tensor) -> torch.Tensor:
@@ -343,6 +379,22 @@ def _rotation(w: torch.Tensor) -> torch.Tensor:
     skew = torch.stack([torch.stack([zero, -w[2], w[1]]), torch.stack([w[2], zero, -w[0]]),
                         torch.stack([-w[1], w[0], zero])])
     return torch.linalg.matrix_exp(skew)
+
+
+def _move(y: torch.Tensor, rot_deg: torch.Tensor, shift_mm: torch.Tensor, centre: torch.Tensor,
+          mm_per_unit: float) -> torch.Tensor:
+    """y (..., 3) canonical units -> R (y - c) + c + t: a rigid motion about `centre` (3,), with the
+    rotation `rot_deg` (3,) axis-angle in degrees and the shift `shift_mm` (3,) in millimetres."""
+    rot = _rotation(rot_deg * (math.pi / 180))
+    return (y - centre) @ rot.T + centre + shift_mm / mm_per_unit
+
+
+def _as_similarity(frame, rot_deg: torch.Tensor, shift_mm: torch.Tensor, centre: torch.Tensor) -> Similarity:
+    """`_move`'s parameters as the model-frame (mm) rigid motion it applies."""
+    with torch.no_grad():
+        rot = _rotation(rot_deg * (math.pi / 180)).double().cpu().numpy()
+        return _refinement_mm(frame, rot, (shift_mm / frame.mm_per_unit).double().cpu().numpy(),
+                              centre.double().cpu().numpy())
 
 
 def _refinement_mm(frame, rot: np.ndarray, shift: np.ndarray, centre: np.ndarray) -> Similarity:
@@ -358,30 +410,89 @@ def _refinement_mm(frame, rot: np.ndarray, shift: np.ndarray, centre: np.ndarray
     return Similarity(1.0, m, -m @ o + s * a.T @ (centre + shift - rot @ centre) + o)
 
 
-def _codes(model, w: torch.Tensor, name: str) -> torch.Tensor:
+CodeSpaces = dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+
+def _code_spaces(model, kind: str) -> CodeSpaces:
+    """Per latent space, the mean μ (K,) and lower-triangular factor L (K, K) of the fit's coordinates:
+    the prior's Cholesky factor ("full") or the diagonal of its standard deviations ("diagonal")."""
+    spaces = {}
+    for name in ("identity", "expression"):
+        prior = model.prior[name]
+        factor = prior.scale_tril
+        if kind == "diagonal":
+            factor = torch.diag(factor.square().sum(dim=1).sqrt())  # sqrt of diag(L Lᵀ)
+        spaces[name] = (prior.mean, factor)
+    return spaces
+
+
+def _codes(spaces: CodeSpaces, w: torch.Tensor, name: str) -> torch.Tensor:
     """Whitened (B, K) -> codes (B, K): z = μ + w Lᵀ."""
-    prior = model.prior[name]
-    return prior.mean + w @ prior.scale_tril.T
+    mean, factor = spaces[name]
+    return mean + w @ factor.T
+
+
+def _whiten(spaces: CodeSpaces, z: torch.Tensor, name: str) -> torch.Tensor:
+    """Codes (B, K) -> whitened (B, K), the inverse of `_codes`."""
+    mean, factor = spaces[name]
+    return torch.linalg.solve_triangular(factor, (z - mean).T, upper=False).T
+
+
+@torch.no_grad()
+def _expression_starts(model, ys: list[torch.Tensor], config: ImplicitFitConfig,
+                       spaces: CodeSpaces) -> list[torch.Tensor]:
+    """Per observation, the whitened (1, Ke) expression code the fit starts from.
+
+    ys: n (P_i, 3) canonical-unit observations. Candidates are the prior mean and up to
+    `config.expression_starts` training expression codes; each observation keeps the one whose truncated
+    mean |SDF| over `config.start_points` of its points (mean identity; a point without a canonical
+    pre-image counts as truncated) is lowest. One batched root finding per observation.
+    """
+    zero = torch.zeros(1, model.latent_sizes["expression"], device=model.device)
+    if config.expression_starts == 0 or not hasattr(model, "training_latents"):
+        return [zero.clone() for _ in ys]
+    rng = np.random.default_rng(config.seed + 2)  # leaves the optimisation's draws as they were
+    codes = model.training_latents()["expression"].to(model.device)
+    pick = rng.choice(len(codes), min(len(codes), config.expression_starts), replace=False)
+    whitened = torch.cat([zero, _whiten(spaces, codes[torch.as_tensor(pick, device=model.device)], "expression")])
+    z_ex = _codes(spaces, whitened, "expression")
+    z_id = model.prior["identity"].mean.expand(len(whitened), -1)
+    cap = config.truncation_units(0, model.frame.mm_per_unit)
+    starts = []
+    for y in ys:
+        idx = torch.as_tensor(rng.choice(len(y), min(len(y), config.start_points), replace=False), device=y.device)
+        x, conv = canonical_points(model, y[idx].expand(len(whitened), -1, -1), z_id, z_ex, config.root_finding)
+        score = torch.where(conv, model.sdf(x, z_id).abs().clamp(max=cap), torch.full_like(x[..., 0], cap))
+        best = int(score.mean(dim=1).argmin())
+        starts.append(whitened[best: best + 1].clone())
+    return starts
 
 
 def _optimise(model, ys: list[torch.Tensor], config: ImplicitFitConfig, temporal: bool,
               progress: bool) -> tuple[Latents, dict]:
     dev = model.device
     n = len(ys)
-    k_id, k_ex = model.latent_sizes["identity"], model.latent_sizes["expression"]
+    k_id = model.latent_sizes["identity"]
     rng = np.random.default_rng(config.seed)
     mm_per_unit = model.frame.mm_per_unit
     w_id = torch.zeros(1, k_id, device=dev, requires_grad=True)
     # One tensor per observation: Adam leaves a code untouched in steps that did not draw it (no gradient),
     # instead of drifting it on stale momentum.
-    w_ex = [torch.zeros(1, k_ex, device=dev, requires_grad=True) for _ in range(n)]
+    spaces = _code_spaces(model, config.code_prior)
+    w_ex = [w.requires_grad_() for w in _expression_starts(model, ys, config, spaces)]
     rot_deg = torch.zeros(3, device=dev, requires_grad=True)
     shift_mm = torch.zeros(3, device=dev, requires_grad=True)
     # the refinement rotates about the data's centroid, so rotation and translation barely interact
     centre = torch.cat(ys).mean(dim=0).detach()
+    # per-observation head motions, each about its observation's centroid (one tensor each, as w_ex)
+    head_rot = [torch.zeros(3, device=dev, requires_grad=True) for _ in range(n)]
+    head_shift = [torch.zeros(3, device=dev, requires_grad=True) for _ in range(n)]
+    head_centre = [y.mean(dim=0).detach() for y in ys]
     groups = [{"params": [w_id], "lr": config.lr_identity}, {"params": w_ex, "lr": config.lr_expression}]
     if config.refine_pose:
         groups += [{"params": [rot_deg], "lr": config.lr_pose_deg}, {"params": [shift_mm], "lr": config.lr_pose_mm}]
+    if config.head_pose:
+        groups += [{"params": head_rot, "lr": config.lr_head_deg}, {"params": head_shift, "lr": config.lr_head_mm}]
     opt = torch.optim.Adam(groups)
     base_lr = [g["lr"] for g in groups]
     history, kept_hist = [], []
@@ -404,10 +515,12 @@ def _optimise(model, ys: list[torch.Tensor], config: ImplicitFitConfig, temporal
         start = torch.stack([starts[i][j] for i, j in zip(sel, picks)])
         inv_start = torch.stack([inverses[i][j] for i, j in zip(sel, picks)])
         if config.refine_pose:
-            rot = _rotation(rot_deg * (math.pi / 180))
-            y = (y - centre) @ rot.T + centre + shift_mm / mm_per_unit
-        z_id = _codes(model, w_id, "identity").expand(len(sel), -1)
-        z_ex_all = _codes(model, torch.cat(w_ex), "expression")  # (n, Ke)
+            y = _move(y, rot_deg, shift_mm, centre, mm_per_unit)
+        if config.head_pose:
+            y = torch.stack([_move(y[b], head_rot[i], head_shift[i], head_centre[i], mm_per_unit)
+                             for b, i in enumerate(sel)])
+        z_id = _codes(spaces, w_id, "identity").expand(len(sel), -1)
+        z_ex_all = _codes(spaces, torch.cat(w_ex), "expression")  # (n, Ke)
         z_ex = z_ex_all[torch.as_tensor(sel, device=dev)]
         x, conv, jinv = canonical_points(model, y, z_id, z_ex, config.root_finding, start=start,
                                          inv_jacobian=inv_start, return_inverse=True)
@@ -424,6 +537,10 @@ def _optimise(model, ys: list[torch.Tensor], config: ImplicitFitConfig, temporal
         for name, value in model.code_regularizers(z_id, z_ex).items():
             parts[name] = value
             weighted = weighted + config.reg_weight(name, step) * value
+        if config.head_pose:
+            parts["head_pose"] = torch.stack([head_rot[i].square().sum() + head_shift[i].square().sum()
+                                              for i in sel]).mean()
+            weighted = weighted + config.head_pose_weight * parts["head_pose"]
         if temporal and n > 1:
             w_all = torch.cat(w_ex)
             parts["temporal_code"] = ((w_all[1:] - w_all[:-1]) ** 2).sum(dim=-1).mean()
@@ -451,11 +568,11 @@ def _optimise(model, ys: list[torch.Tensor], config: ImplicitFitConfig, temporal
         if step % 20 == 0:
             bar.set_postfix(loss=f"{history[-1]:.4g}", kept=f"{kept_hist[-1]:.2f}", refresh=False)
     with torch.no_grad():
-        latents = {"identity": _codes(model, w_id, "identity").detach(),
-                   "expression": _codes(model, torch.cat(w_ex), "expression").detach()}
-        refinement = _refinement_mm(model.frame, _rotation(rot_deg * (math.pi / 180)).double().cpu().numpy(),
-                                    (shift_mm / mm_per_unit).double().cpu().numpy(), centre.double().cpu().numpy())
-    stats = {"history": history, "terms": terms, "kept_fraction": kept_hist, "refinement": refinement,
+        latents = {"identity": _codes(spaces, w_id, "identity").detach(),
+                   "expression": _codes(spaces, torch.cat(w_ex), "expression").detach()}
+    refinement = _as_similarity(model.frame, rot_deg, shift_mm, centre)
+    heads = [_as_similarity(model.frame, r, t, c) for r, t, c in zip(head_rot, head_shift, head_centre)]
+    stats = {"history": history, "terms": terms, "kept_fraction": kept_hist, "refinement": refinement, "heads": heads,
              "converged_fraction": converged / queried if queried else math.nan}
     return latents, stats
 
@@ -490,18 +607,22 @@ def _fit(model, clouds: Sequence[np.ndarray], config: ImplicitFitConfig, pose: S
     if config.align:
         to_model = align_observations(model, arrays, config, init=to_model if pose is not None else None)
     with _frozen(model):
-        latents, stats = _optimise(model, _canonical(model, arrays, to_model), config, temporal, progress)
+        latents, stats = _optimise(model, _canonical(model, arrays, [to_model] * len(arrays)), config, temporal,
+                                   progress)
         to_model = stats["refinement"].compose(to_model)
-        conv_obs = _final_convergence(model, _canonical(model, arrays, to_model), latents, config)
+        # the head motions act after the shared pose (on the model-frame side)
+        per_obs = [head.compose(to_model) for head in stats["heads"]]
+        conv_obs = _final_convergence(model, _canonical(model, arrays, per_obs), latents, config)
     model_to_target = to_model.inverse()
+    head_poses = [head.inverse() for head in stats["heads"]]
     fit_seconds = time.perf_counter() - start
     start = time.perf_counter()
     n = len(arrays)
     with torch.no_grad():
         raw = model.meshes({"identity": latents["identity"].expand(n, -1).contiguous(),
                             "expression": latents["expression"]}, resolution=config.mesh_resolution)
-    meshes = [Mesh(model_to_target.apply(m.vertices), m.faces) for m in raw]
-    return ImplicitFitResult(latents, model_to_target, meshes, stats["history"], stats["terms"],
+    meshes = [Mesh(model_to_target.compose(head).apply(m.vertices), m.faces) for m, head in zip(raw, head_poses)]
+    return ImplicitFitResult(latents, model_to_target, head_poses, meshes, stats["history"], stats["terms"],
                              stats["kept_fraction"], stats["converged_fraction"], conv_obs, fit_seconds,
                              time.perf_counter() - start)
 
