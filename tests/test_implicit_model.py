@@ -121,6 +121,23 @@ def test_configs_refuse_bad_values():
         ImplicitLocalConfig(neighbours=-1)
     with pytest.raises(InputError):
         ImplicitGlobalConfig(corr_weight=-1.0)
+    with pytest.raises(InputError):
+        ImplicitLocalConfig(local_reg=-1e-4)
+
+
+def test_local_codes_have_their_own_training_weight(data):
+    model = _randomised_local(data)
+    code = torch.randn(2, model.latent_sizes["identity"], generator=torch.Generator().manual_seed(1)) * 0.1
+    reg = model.code_regularizers(code, torch.zeros(2, model.latent_sizes["expression"]))
+
+    def loss(**changes):
+        model.config = ImplicitLocalConfig(**{**TINY_LOCAL.to_dict(), **changes})
+        return float(model._identity_losses(code, {})[0])
+
+    c = model.config
+    assert loss() == pytest.approx(c.identity_reg * float(reg["identity_norm"] + reg["local_norm"])
+                                   + c.symmetry_weight * float(reg["symmetry"]))
+    assert loss() - loss(local_reg=0.0) == pytest.approx(c.identity_reg * float(reg["local_norm"]))
 
 
 def test_anchor_picking_is_symmetric(data):

@@ -15,8 +15,8 @@ into canonical space and pulls the canonical SDF there to zero:
 The data term is the truncated mean |SDF| (canonical units): residuals above a threshold are dropped,
 and the threshold tightens on a schedule (NPHM: 25 mm, then 12.5 mm, then 1.9 mm) so that far outliers
 (hair, shoulders, background) stop pulling once the fit is close. Codes are optimised in whitened
-coordinates (z = μ + L w, the prior's mean and Cholesky factor), so one learning rate suits every model
-whatever the spread of its training codes; the model's own regularisers (`code_regularizers`) are added
+coordinates (z = μ + L w: the prior's mean, and its per-dimension spreads or its Cholesky factor), so one
+learning rate suits every model whatever the spread of its training codes; the model's own regularisers (`code_regularizers`) are added
 with weights that follow a piecewise-constant schedule. For sequences, consecutive frames are tied by a
 temporal term on the codes and on the deformations. Every weight and schedule is in `ImplicitFitConfig`.
 
@@ -81,7 +81,7 @@ class ImplicitFitConfig:
     """Fractions of `steps` at which both learning rates are multiplied by `lr_factor` (NPHM: 200/400/600/800 of 1000)."""
     lr_factor: float = 0.5
     """Learning-rate factor at each `lr_halve_at` milestone."""
-    code_prior: str = "full"
+    code_prior: str = "diagonal"
     """The Gaussian whose coordinates the codes are optimised in: "full", the model's prior (codes move
     mostly within the span of the training codes), or "diagonal", its per-dimension spreads only (NPHM's
     per-dimension prior: every direction as free as the training codes' spread along it)."""

@@ -180,6 +180,9 @@ class ImplicitLocalConfig(ImplicitConfig):
     """Mean squared error of the predicted vs the registered anchors (canonical units²)."""
     symmetry_weight: float = 0.01
     """Mean distance between the local codes of each left/right pair."""
+    local_reg: float | None = None
+    """Squared norm of the local codes during training (None: `identity_reg`, as NPHM). Every member also
+    sees the global code, so a weight as strong as the global part's leaves the local codes unused."""
 
     def __post_init__(self):
         where = "implicit-local config"
@@ -194,6 +197,8 @@ class ImplicitLocalConfig(ImplicitConfig):
             raise InputError(where, f"face_anchor_fraction must be in [0, 1], got {self.face_anchor_fraction}")
         if not self.global_distance_mm > 0 or not self.midline_eps_mm > 0:
             raise InputError(where, "global_distance_mm and midline_eps_mm must be positive")
+        if self.local_reg is not None and not (math.isfinite(self.local_reg) and self.local_reg >= 0):
+            raise InputError(where, f"local_reg must be >= 0, got {self.local_reg}")
         for name in ("anchor_weight", "symmetry_weight"):
             if not getattr(self, name) >= 0:
                 raise InputError(where, f"{name} must be >= 0")
@@ -657,7 +662,9 @@ class ImplicitLocalModel(ImplicitModel):
     def _identity_losses(self, identity, batch):
         c = self.config
         reg = self.code_regularizers(identity, identity.new_zeros(len(identity), c.expression_size))
-        loss = c.identity_reg * (reg["identity_norm"] + reg["local_norm"]) + c.symmetry_weight * reg["symmetry"]
+        local_reg = c.identity_reg if c.local_reg is None else c.local_reg
+        loss = (c.identity_reg * reg["identity_norm"] + local_reg * reg["local_norm"]
+                + c.symmetry_weight * reg["symmetry"])
         logs = {"identity_norm": float(reg["identity_norm"].detach()), "local_norm": float(reg["local_norm"].detach()),
                 "symmetry": float(reg["symmetry"].detach())}
         if "anchors" in batch:
