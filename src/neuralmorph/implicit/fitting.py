@@ -34,7 +34,7 @@ import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Iterator, Literal, Sequence
 
 import numpy as np
 import torch
@@ -81,7 +81,7 @@ class ImplicitFitConfig:
     """Fractions of `steps` at which both learning rates are multiplied by `lr_factor` (NPHM: 200/400/600/800 of 1000)."""
     lr_factor: float = 0.5
     """Learning-rate factor at each `lr_halve_at` milestone."""
-    code_prior: str = "diagonal"
+    code_prior: Literal["full", "diagonal"] = "diagonal"
     """The Gaussian whose coordinates the codes are optimised in: "full", the model's prior (codes move
     mostly within the span of the training codes), or "diagonal", its per-dimension spreads only (NPHM's
     per-dimension prior: every direction as free as the training codes' spread along it)."""
