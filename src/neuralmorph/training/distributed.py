@@ -9,6 +9,7 @@ by rank 0 only (`is_main_process`).
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -94,9 +95,16 @@ def init_distributed(device: str) -> DistInfo:
 
 
 def shutdown_distributed(info: DistInfo) -> None:
-    """Leave the process group if `init_distributed` created it (callers put a barrier before, on success)."""
+    """Leave the process group if `init_distributed` created it (callers put a barrier before, on success).
+
+    Garbage is collected first: the DDP wrapper sits in reference cycles, and a gloo group (or its pending
+    work) that survives until interpreter shutdown can abort the process there ("terminate called without
+    an active exception") after training has succeeded.
+    """
     if info.owns_group and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
+        gc.collect()
 
 
 def is_main_process() -> bool:

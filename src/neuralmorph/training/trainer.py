@@ -405,7 +405,7 @@ def train(model: torch.nn.Module, train_set: Dataset, config: TrainerConfig, out
     info = init_distributed(config.device)
     prev_deterministic = torch.are_deterministic_algorithms_enabled()
     prev_cudnn_benchmark = torch.backends.cudnn.benchmark
-    logger = bar = None
+    logger = bar = module = loader = None
     try:
         device = info.device
         if config.amp and device.type != "cuda":
@@ -588,4 +588,5 @@ def train(model: torch.nn.Module, train_set: Dataset, config: TrainerConfig, out
             logger.close()
         torch.use_deterministic_algorithms(prev_deterministic)
         torch.backends.cudnn.benchmark = prev_cudnn_benchmark
+        module = loader = None  # drop the DDP wrapper before its process group goes
         shutdown_distributed(info)
