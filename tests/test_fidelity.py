@@ -50,6 +50,7 @@ def test_fidelity_implicit_families_score_fitted_meshes_with_face_metrics(tmp_pa
 
 
 @pytest.mark.parametrize("field, value", [("latent_size", 1), ("local_fraction", 1.5), ("train_steps", 0),
+                                          ("implicit_local_fraction", -0.1),
                                           ("families", ("pca", "nope")), ("families", ())])
 def test_fidelity_config_rejects_bad_values(tmp_path, field, value):
     with pytest.raises(InputError):

@@ -61,6 +61,10 @@ class FidelityConfig:
     """Optimiser steps of every trained family (default: 1,500 with --quick, 6,000 otherwise)."""
     implicit_subjects: int | None = None
     """Implicit families: identities of their scan population (default: 12 with --quick, 40 otherwise)."""
+    implicit_local_fraction: float = 0.0
+    """Implicit families: the generator's `local_fraction` of their scan population. 0: every identity is
+    a blend of five phenotype sliders, a single global code's ideal case; 0.3 (the generator's default)
+    adds detail that varies region by region, NPHM's case for a local ensemble (docs/benchmarks.md has both)."""
     implicit_expressions: int = 3
     """Implicit families: heads per identity (the first neutral); each test head is one observation."""
     implicit_test_subjects: int | None = None
@@ -90,6 +94,8 @@ class FidelityConfig:
             raise InputError("--latent-size", f"must be at least 2 (PCA splits it in two), got {self.latent_size}")
         if not 0.0 <= self.local_fraction <= 1.0:
             raise InputError("--local-fraction", f"must be in [0, 1], got {self.local_fraction}")
+        if not 0.0 <= self.implicit_local_fraction <= 1.0:
+            raise InputError("--implicit-local-fraction", f"must be in [0, 1], got {self.implicit_local_fraction}")
         if self.refine_steps < 0:
             raise InputError("--refine-steps", f"must be ≥ 0, got {self.refine_steps}")
         for flag, value in (("--implicit-subjects", self.implicit_subjects), ("--implicit-steps", self.implicit_steps),
@@ -184,7 +190,7 @@ def _implicit_data(cfg: FidelityConfig, work: Path) -> HeadDataset:
     """The implicit families' population: fewer identities, with raw scans (shared by both families)."""
     folder = work / "implicit_data"
     spec = {"subjects": cfg.implicit("subjects"), "expressions": cfg.implicit_expressions, "seed": cfg.seed,
-            "local_fraction": cfg.local_fraction}
+            "local_fraction": cfg.implicit_local_fraction}
     stamp = folder / "fidelity_spec.json"
     if stamp.is_file() and stamp.read_text() == str(spec):
         return HeadDataset.load(folder)
@@ -243,7 +249,8 @@ def _implicit(family: str, data: HeadDataset, cfg: FidelityConfig, work: Path) -
     counts = model.parameter_counts()
     info = {"latent_sizes": model.latent_sizes, "parameters": counts["field"] + counts["deformation"],
             "parameter_counts": counts, "train_steps": trainer.max_steps, "train_seconds": trained_s,
-            "train_subjects": len(samples.subjects), "test_subjects": test_subjects, "observations": len(rows),
+            "train_subjects": len(samples.subjects), "local_fraction": cfg.implicit_local_fraction,
+            "test_subjects": test_subjects, "observations": len(rows),
             "fit_seconds_per_subject": float(np.median(fit_s)),
             "reconstruction": f"single-view 2,500-point clouds, {cfg.implicit_fit_steps} fitting steps per subject "
                               "(a head pose per observation), "
