@@ -248,7 +248,8 @@ def extract_coarse_to_fine(field: Field, bounds, resolution: int, coarse_resolut
         evaluations += grid.size
         candidates = np.ones((coarse,) * 3, dtype=bool)  # cells whose 8 corners are real values
         for _ in range(levels):
-            # keep a candidate cell if any corner is within the band (cells of size `stride` final steps)
+            # keep a candidate cell if a corner is within the band and the corners' distances sum below the
+            # bound a zero inside would impose (cells of size `stride` final steps; module docstring)
             d = np.abs(grid - np.float32(level))
             near = d[:-1, :-1, :-1]
             total = near.copy()
