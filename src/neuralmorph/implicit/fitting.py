@@ -52,15 +52,24 @@ from neuralmorph.implicit.roots import RootFinding, invert_deformation
 Latents = dict[str, torch.Tensor]
 
 
+REG_SCALE = 0.1
+"""NPHM's fitting weights are set for its codes; ours are larger (squared distance of a trained code from
+the prior mean: ~0.1 identity, ~3 expression in both families), so at NPHM's weights the regularisers cost as
+much as 1–2 mm of mean surface error (up to ~13 mm for the widest expression) and pulled fits of the
+training heads themselves away from their trained codes (face chamfer 2.41 mm from full-surface clouds
+without a head pose, 0.66 mm at the trained codes). A tenth of each weight: 0.70 mm (docs/implicit_fitting.md)."""
+
+
 def _default_reg_weights() -> dict[str, tuple[float, ...]]:
-    # NPHM's ratios (surface 2.0; identity 0.25 → /3 → /10; expression 0.01 → /10; symmetry 5 → /10 →
-    # off), on the phases of `reg_at`. One value = constant.
-    return {
+    # NPHM's ratios (identity 0.25 → /3 → /10; expression 0.01 → /10; local 0.05 → /3 → /10; symmetry
+    # 5 → /10 → off against surface 2.0), times REG_SCALE, on the phases of `reg_at`. One value = constant.
+    nphm = {
         "identity_norm": (0.25, 0.25 / 3, 0.25 / 3, 0.025),
         "expression_norm": (0.01, 0.01, 0.01, 0.001),
         "local_norm": (0.05, 0.05, 0.05 / 3, 0.005),
         "symmetry": (5.0, 0.5, 0.0, 0.0),
     }
+    return {name: tuple(REG_SCALE * w for w in sched) for name, sched in nphm.items()}
 
 
 @dataclass(frozen=True)
@@ -107,7 +116,7 @@ class ImplicitFitConfig:
     reg_weights: dict[str, tuple[float, ...]] = field(default_factory=_default_reg_weights)
     """Weight per model regulariser name (`model.code_regularizers`), one value per `reg_at` phase or one
     value for a constant weight."""
-    reg_default: tuple[float, ...] = (0.01,)
+    reg_default: tuple[float, ...] = (0.01 * REG_SCALE,)
     """Weight schedule of any regulariser whose name is not in `reg_weights`."""
     reg_at: tuple[float, ...] = (0.0, 0.2, 0.5, 0.6)
     """Fractions of `steps` where each regulariser phase starts (NPHM: 0, 200, 500, 600 of 1000)."""
