@@ -200,7 +200,9 @@ class FakeImplicitModel:
         k = len(self.ANCHORS) if k == 0 or self.family == "implicit-global" else k
 
         def field(p: torch.Tensor) -> torch.Tensor:
-            d = torch.cdist(p, self.ANCHORS.to(p)) - self.RADII.to(p)  # (P, A)
+            # elementwise, not torch.cdist: cdist's matmul path can round differently with the chunk
+            # size on some CPUs, and the test needs a field whose value at a point never depends on it
+            d = (p[:, None] - self.ANCHORS.to(p)).square().sum(-1).sqrt() - self.RADII.to(p)  # (P, A)
             d = torch.topk(d, k, dim=1, largest=False).values
             out = d[:, 0]
             for j in range(1, k):  # polynomial smooth union, width 0.1
