@@ -53,9 +53,9 @@ Latents = dict[str, torch.Tensor]
 
 
 REG_SCALE = 0.1
-"""NPHM's fitting weights are set for its codes; ours are larger (squared distance of a trained code from
-the prior mean: ~0.1 identity, ~3 expression in both families), so at NPHM's weights the regularisers cost as
-much as 1–2 mm of mean surface error (up to ~13 mm for the widest expression) and pulled fits of the
+"""A tenth of NPHM's fitting weights. A trained code of ours lies at squared distance ~0.1 (identity)
+and ~3 (expression) from the prior mean, in both families, so at NPHM's weights each regulariser cost
+about as much as 2 mm of mean surface error (~13 mm for the widest expression) and pulled fits of the
 training heads themselves away from their trained codes (face chamfer 2.41 mm from full-surface clouds
 without a head pose, 0.66 mm at the trained codes). A tenth of each weight: 0.70 mm (docs/implicit_fitting.md)."""
 
