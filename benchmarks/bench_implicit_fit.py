@@ -31,7 +31,7 @@ from neuralmorph.data.observe import single_view_points
 from neuralmorph.evaluation.fidelity import IMPLICIT_PROTOCOL
 from neuralmorph.evaluation.protocol import evaluate
 from neuralmorph.geometry.mesh import Mesh
-from neuralmorph.implicit.fitting import ImplicitFitConfig, fit_point_clouds
+from neuralmorph.fitting.implicit import ImplicitFitConfig, fit_point_clouds
 from neuralmorph.models.base import MorphableModel
 
 

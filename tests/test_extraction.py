@@ -11,8 +11,8 @@ import torch
 
 from neuralmorph.errors import InputError
 from neuralmorph.frame import Frame
-from neuralmorph.implicit.bench_extraction import ExtractionBenchConfig, run_extraction_bench
-from neuralmorph.implicit.extraction import evaluate_points, extract_coarse_to_fine, extract_dense
+from neuralmorph.evaluation.extraction_bench import ExtractionBenchConfig, run_extraction_bench
+from neuralmorph.models.implicit.extraction import evaluate_points, extract_coarse_to_fine, extract_dense
 
 CUBE = np.array([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
 CENTRE = (0.1, -0.05, 0.07)

@@ -126,10 +126,10 @@ def single_view_cloud(mesh: Mesh, n: int = 3000, seed: int = 0, noise_mm: float 
     return pts + noise_mm * rng.standard_normal(pts.shape)
 
 
-from neuralmorph.implicit.fitting import (ImplicitFitConfig, canonical_points, fit_depth_sequence, fit_point_clouds,
+from neuralmorph.fitting.implicit import (ImplicitFitConfig, canonical_points, fit_depth_sequence, fit_point_clouds,
                                           observed_to_mesh_mm)
-from neuralmorph.implicit.observations import DepthFrame, load_target, write_depth_sequence
-from neuralmorph.implicit.roots import RootFinding
+from neuralmorph.data.observations import DepthFrame, load_target, write_depth_sequence
+from neuralmorph.models.implicit.roots import RootFinding
 
 FAST = dict(steps=120, points_per_step=400, eval_points=2000, mesh_resolution=64)
 
@@ -285,7 +285,7 @@ class EllipsoidsWithTraining(Ellipsoids):
 
 
 def test_diagonal_code_prior_keeps_each_dimension_spread_and_drops_correlations():
-    from neuralmorph.implicit.fitting import _code_spaces, _codes, _whiten
+    from neuralmorph.fitting.implicit import _code_spaces, _codes, _whiten
 
     model = Ellipsoids()
     codes = torch.randn(200, 3, generator=torch.Generator().manual_seed(0)) @ torch.tensor(
@@ -530,7 +530,7 @@ def test_bad_targets_name_the_file(tmp_path):
 
 def test_cli_fit_writes_meshes_latents_and_metrics(tmp_path, forward_model):
     from neuralmorph.cli import main
-    from neuralmorph.implicit.model import ImplicitGlobalConfig, ImplicitGlobalModel
+    from neuralmorph.models.implicit.model import ImplicitGlobalConfig, ImplicitGlobalModel
     from neuralmorph.models.base import MorphableModel
     from neuralmorph.models.latents import load_latents
 

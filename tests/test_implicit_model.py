@@ -12,12 +12,12 @@ from neuralmorph.data.dataset import HeadDataset
 from neuralmorph.errors import InputError
 from neuralmorph.geometry.distance import closest_points
 from neuralmorph.geometry.mesh import load_mesh
-from neuralmorph.implicit.model import (ImplicitGlobalConfig, ImplicitGlobalModel, ImplicitLocalConfig,
+from neuralmorph.models.implicit.model import (ImplicitGlobalConfig, ImplicitGlobalModel, ImplicitLocalConfig,
                                         ImplicitLocalModel, pick_anchors)
-from neuralmorph.implicit.samples import ImplicitSampleConfig, face_vertex_mask
-from neuralmorph.implicit.train import held_out_surface_error
+from neuralmorph.models.implicit.samples import ImplicitSampleConfig, face_vertex_mask
+from neuralmorph.commands.train_implicit_old import held_out_surface_error
 from neuralmorph.models.base import MorphableModel
-from neuralmorph.models.generate import ExportConfig, SampleConfig, TransferConfig, run_export, run_sample, run_transfer
+from neuralmorph.commands.generate import ExportConfig, SampleConfig, TransferConfig, run_export, run_sample, run_transfer
 from neuralmorph.models.pca import PCAConfig, PCAModel
 from neuralmorph.training import TrainerConfig, train
 

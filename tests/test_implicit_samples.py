@@ -12,7 +12,7 @@ from neuralmorph.data.dataset import HeadDataset
 from neuralmorph.errors import InputError
 from neuralmorph.geometry.distance import closest_points
 from neuralmorph.geometry.mesh import Mesh
-from neuralmorph.implicit.samples import (ImplicitSampleConfig, ImplicitSamples, barycentric_pairs,
+from neuralmorph.models.implicit.samples import (ImplicitSampleConfig, ImplicitSamples, barycentric_pairs,
                                           face_vertex_mask, subject_neutrals)
 
 CFG = ImplicitSampleConfig(surface_points=200, near_points=300, far_points=50, correspondences=80, pool_size=6000,

@@ -6,9 +6,9 @@ import torch
 
 from neuralmorph.data.dataset import HeadDataset
 from neuralmorph.models import MorphableModel
-from neuralmorph.models.regional import (RegionalConfig, RegionalModel, RegionalTrainData, boundary_ring,
+from neuralmorph.models.regional.model import (RegionalConfig, RegionalModel, RegionalTrainData, boundary_ring,
                                          quick_train, segment_template, soften_weights)
-from neuralmorph.models.regional_prior import fit_control_prior
+from neuralmorph.models.regional.prior import fit_control_prior
 
 TINY = dict(latent_size=8, dim=32, heads=2, encoder_depth=1, decoder_depth=1, ffn_mult=2, embed_size=8,
             control_per_region=4, control_hidden=16)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from neuralmorph.errors import InputError
-from neuralmorph.implicit.roots import (RootFinding, broyden_solve, deformation_jacobian,
+from neuralmorph.models.implicit.roots import (RootFinding, broyden_solve, deformation_jacobian,
                                         invert_deformation)
 
 

@@ -19,18 +19,18 @@ from neuralmorph.errors import InputError, NeuralmorphError
 from neuralmorph.data.fetch import FetchConfig, run_fetch
 from neuralmorph.data.ingest import IngestConfig
 from neuralmorph.data.synth import SynthConfig
-from neuralmorph.demo import DemoConfig
+from neuralmorph.commands.demo import DemoConfig
 from neuralmorph.evaluation.fidelity import FidelityConfig, run_fidelity
 from neuralmorph.evaluation.model_quality import EvaluateModelConfig, run_evaluate_model
 from neuralmorph.evaluation.real import RealEvalConfig, run_real_eval
-from neuralmorph.fitting.command import FitCommand, run_fit
-from neuralmorph.implicit.bench_extraction import ExtractionBenchConfig, run_extraction_bench
-from neuralmorph.implicit.train import (TrainImplicitGlobalConfig, TrainImplicitLocalConfig, run_train_implicit_global,
+from neuralmorph.commands.fit import FitCommand, run_fit
+from neuralmorph.evaluation.extraction_bench import ExtractionBenchConfig, run_extraction_bench
+from neuralmorph.commands.train_implicit_old import (TrainImplicitGlobalConfig, TrainImplicitLocalConfig, run_train_implicit_global,
                                        run_train_implicit_local)
-from neuralmorph.models.generate import (ExportConfig, InterpolateConfig, SampleConfig, TransferConfig,
+from neuralmorph.commands.generate import (ExportConfig, InterpolateConfig, SampleConfig, TransferConfig,
                                          run_export, run_interpolate, run_sample, run_transfer)
-from neuralmorph.models.edit import EditConfig, run_edit
-from neuralmorph.models.train import TrainPCAConfig, TrainRegionalConfig, run_train_pca, run_train_regional
+from neuralmorph.commands.edit import EditConfig, run_edit
+from neuralmorph.commands.train import TrainPCAConfig, TrainRegionalConfig, run_train_pca, run_train_regional
 from neuralmorph.render import RenderConfig, run_render
 
 
@@ -168,7 +168,7 @@ def run_ingest(cfg: IngestConfig) -> None:
 
 
 def run_demo(cfg: DemoConfig) -> None:
-    from neuralmorph.demo import run_demo as demo
+    from neuralmorph.commands.demo import run_demo as demo
 
     demo(cfg)
 

@@ -156,7 +156,7 @@ def _pca(data: HeadDataset, cfg: FidelityConfig, work: Path) -> Reconstruction:
 
 @contender("regional")
 def _regional(data: HeadDataset, cfg: FidelityConfig, work: Path) -> Reconstruction:
-    from neuralmorph.models.regional import RegionalConfig, RegionalModel, RegionalTrainData
+    from neuralmorph.models.regional.model import RegionalConfig, RegionalModel, RegionalTrainData
     from neuralmorph.training import TrainerConfig, train
 
     start = time.perf_counter()
@@ -205,8 +205,8 @@ def _implicit(family: str, data: HeadDataset, cfg: FidelityConfig, work: Path) -
 
     from neuralmorph.data.head_model import HeadModel
     from neuralmorph.data.observe import single_view_points
-    from neuralmorph.implicit.fitting import ImplicitFitConfig, fit_point_clouds
-    from neuralmorph.implicit.model import (ImplicitGlobalConfig, ImplicitGlobalModel, ImplicitLocalConfig,
+    from neuralmorph.fitting.implicit import ImplicitFitConfig, fit_point_clouds
+    from neuralmorph.models.implicit.model import (ImplicitGlobalConfig, ImplicitGlobalModel, ImplicitLocalConfig,
                                             ImplicitLocalModel)
     from neuralmorph.training import TrainerConfig, train
 

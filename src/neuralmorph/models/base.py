@@ -34,7 +34,7 @@ MODELS: dict[str, type["MorphableModel"]] = {}
 
 # Families defined outside `neuralmorph.models`, imported on first load (importing them here would be
 # circular: they subclass MorphableModel).
-_FAMILY_MODULES = {"implicit-global": "neuralmorph.implicit.model", "implicit-local": "neuralmorph.implicit.model"}
+_FAMILY_MODULES = {"implicit-global": "neuralmorph.models.implicit.model", "implicit-local": "neuralmorph.models.implicit.model"}
 
 
 def register(cls: type["MorphableModel"]) -> type["MorphableModel"]:

@@ -2,7 +2,7 @@
 
 Mesh families (pca, regional) fit one head through the loop in `loop.py`. Implicit families fit one
 subject's observations — a point cloud or mesh, a folder of them, or a depth-sequence folder — with
-`neuralmorph.implicit.fitting` (one identity, one expression per observation) and write one mesh per
+`neuralmorph.fitting.implicit` (one identity, one expression per observation) and write one mesh per
 observation.
 """
 
@@ -24,8 +24,8 @@ from neuralmorph.fitting.terms import LandmarkTerm, PointToSurfaceTerm
 from neuralmorph.frame import Similarity
 from neuralmorph.geometry.mesh import Mesh, load_mesh, load_points, save_mesh
 from neuralmorph.geometry.sampling import sample_surface
-from neuralmorph.implicit.fitting import ImplicitFitConfig, fit_depth_sequence, fit_point_clouds, observed_to_mesh_mm
-from neuralmorph.implicit.observations import load_target
+from neuralmorph.fitting.implicit import ImplicitFitConfig, fit_depth_sequence, fit_point_clouds, observed_to_mesh_mm
+from neuralmorph.data.observations import load_target
 from neuralmorph.models.base import MorphableModel
 from neuralmorph.models.latents import save_latents
 
@@ -90,7 +90,7 @@ def fit_target(model: MorphableModel, target: Mesh, kind: str = "auto", landmark
 
 
 def is_implicit(model: MorphableModel) -> bool:
-    """Whether `model` is a signed-distance family (fitted by `neuralmorph.implicit.fitting`)."""
+    """Whether `model` is a signed-distance family (fitted by `neuralmorph.fitting.implicit`)."""
     return model.family.startswith("implicit")
 
 

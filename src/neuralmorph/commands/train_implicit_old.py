@@ -18,9 +18,9 @@ import torch
 import tyro
 
 from neuralmorph.data.dataset import HeadDataset
-from neuralmorph.implicit.model import (ImplicitGlobalConfig, ImplicitGlobalModel, ImplicitLocalConfig,
+from neuralmorph.models.implicit.model import (ImplicitGlobalConfig, ImplicitGlobalModel, ImplicitLocalConfig,
                                         ImplicitLocalModel, ImplicitModel)
-from neuralmorph.implicit.samples import ImplicitSampleConfig, ImplicitSamples
+from neuralmorph.models.implicit.samples import ImplicitSampleConfig, ImplicitSamples
 from neuralmorph.training import TrainerConfig, is_main_process, train
 
 

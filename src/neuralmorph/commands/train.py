@@ -13,8 +13,8 @@ from neuralmorph.data.dataset import HeadDataset
 from neuralmorph.errors import InputError
 from neuralmorph.models.base import MorphableModel
 from neuralmorph.models.pca import PCAConfig, PCAModel
-from neuralmorph.models.regional import RegionalConfig, RegionalModel, RegionalTrainData
-from neuralmorph.models.regional_prior import fit_control_prior
+from neuralmorph.models.regional.model import RegionalConfig, RegionalModel, RegionalTrainData
+from neuralmorph.models.regional.prior import fit_control_prior
 from neuralmorph.training import TrainerConfig, is_main_process, train
 
 

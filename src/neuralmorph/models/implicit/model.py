@@ -42,10 +42,10 @@ from neuralmorph.data.dataset import HeadDataset
 from neuralmorph.errors import InputError
 from neuralmorph.frame import Frame
 from neuralmorph.geometry.mesh import Mesh
-from neuralmorph.implicit.extraction import Field, extract_coarse_to_fine
-from neuralmorph.implicit.networks import (BackwardDeformation, ForwardDeformation, LocalEnsemble, SDFNetwork,
+from neuralmorph.models.implicit.extraction import Field, extract_coarse_to_fine
+from neuralmorph.models.implicit.networks import (BackwardDeformation, ForwardDeformation, LocalEnsemble, SDFNetwork,
                                            count_parameters)
-from neuralmorph.implicit.samples import ImplicitSampleConfig, ImplicitSamples, face_vertex_mask, subject_neutrals
+from neuralmorph.models.implicit.samples import ImplicitSampleConfig, ImplicitSamples, face_vertex_mask, subject_neutrals
 from neuralmorph.models.base import Latents, ModelConfig, MorphableModel, register
 
 FIELD_CHUNK = 65_536   # points per network call when a field is evaluated for extraction
@@ -343,7 +343,7 @@ class ImplicitModel(MorphableModel):
         implicit-function gradients; points that do not converge are evaluated where they stand."""
         if self.deformation == "backward":
             return self.sdf(self.deform(x, identity, expression), identity, neighbours)
-        from neuralmorph.implicit.roots import invert_deformation
+        from neuralmorph.models.implicit.roots import invert_deformation
 
         b, p, _ = x.shape
         y = x.reshape(b * p, 3)
@@ -414,7 +414,7 @@ class ImplicitModel(MorphableModel):
     def _pose_vertices(self, v: torch.Tensor, zi: torch.Tensor, ze: torch.Tensor) -> torch.Tensor:
         if self.deformation == "forward":
             return self.deform(v[None], zi, ze)[0]
-        from neuralmorph.implicit.roots import invert_deformation
+        from neuralmorph.models.implicit.roots import invert_deformation
 
         with torch.enable_grad():   # the Jacobian at the root is taken by autograd
             x, _ = invert_deformation(lambda q: self.deform(q[None], zi, ze)[0][..., :3], v)

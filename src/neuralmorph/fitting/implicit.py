@@ -46,8 +46,8 @@ from neuralmorph.frame import Similarity, icp_similarity
 from neuralmorph.geometry.distance import closest_points
 from neuralmorph.geometry.mesh import Mesh
 from neuralmorph.geometry.sampling import sample_surface
-from neuralmorph.implicit.observations import DepthFrame
-from neuralmorph.implicit.roots import RootFinding, invert_deformation
+from neuralmorph.data.observations import DepthFrame
+from neuralmorph.models.implicit.roots import RootFinding, invert_deformation
 
 Latents = dict[str, torch.Tensor]
 

@@ -34,7 +34,7 @@ from neuralmorph.errors import InputError
 from neuralmorph.geometry.distance import closest_points
 from neuralmorph.geometry.mesh import Mesh
 from neuralmorph.geometry.sampling import sample_surface
-from neuralmorph.implicit.extraction import (DEFAULT_CHUNK, evaluate_points, extract_coarse_to_fine,
+from neuralmorph.models.implicit.extraction import (DEFAULT_CHUNK, evaluate_points, extract_coarse_to_fine,
                                              extract_dense)
 
 IMPLICIT_FAMILIES = ("implicit-global", "implicit-local")

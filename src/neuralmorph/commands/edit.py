@@ -18,7 +18,7 @@ from neuralmorph.atomic import write_json
 from neuralmorph.errors import InputError
 from neuralmorph.geometry.mesh import Mesh, load_mesh, save_mesh
 from neuralmorph.models.base import MorphableModel
-from neuralmorph.models.regional import RegionalModel
+from neuralmorph.models.regional.model import RegionalModel
 
 
 @dataclass(frozen=True)

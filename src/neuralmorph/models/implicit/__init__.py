@@ -1,0 +1,1 @@
+"""Signed-distance families: NPMs/DeepSDF-style global fields and NPHM-style anchored local ensembles."""

@@ -1,0 +1,1 @@
+"""The regional family (LAMM): one global code, region tokens, control-vertex edits."""
