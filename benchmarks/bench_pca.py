@@ -39,7 +39,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = synthesize(SynthConfig(out=Path(tmp) / "d", subjects=args.subjects, expressions=args.expressions,
                                       scans=False), progress=False)
-    full = PCAModel.from_dataset(data, PCAConfig(identity_dims=10_000, expression_dims=10_000))
+    full = PCAModel.build(data, PCAConfig(identity_dims=10_000, expression_dims=10_000))
     test = torch.as_tensor(data.vertices[data.registered_rows("test")])
     errors = {}
     for d in (16, 32, 64):

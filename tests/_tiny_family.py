@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from neuralmorph.training import Trainable
+
 
 class TinyHeads(Dataset):
     """n registered "heads" of n_vertices vertices: a mean shape plus a few random modes, float32.
@@ -42,7 +44,7 @@ class TinyHeads(Dataset):
         return {"vertices": self.vertices[i]}
 
 
-class TinyAutoencoder(torch.nn.Module):
+class TinyAutoencoder(torch.nn.Module, Trainable):
     """vertices (B, N, 3) -> latent (B, K) -> vertices; trained on the mean squared vertex error."""
 
     def __init__(self, n_vertices: int = 16, latent: int = 4, hidden: int = 16, noise: float = 0.0,
@@ -72,7 +74,7 @@ class TinyAutoencoder(torch.nn.Module):
             self.calls += 1
         return loss, {"mse": loss.detach()}
 
-    def validation_metrics(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+    def validation_metrics(self, batch: dict[str, torch.Tensor], step: int = 0) -> dict[str, float]:
         x = batch["vertices"]
         err = (self(x) - x).norm(dim=-1)
         return {"mse": float((err ** 2).mean() / 3), "mean_err": float(err.mean())}

@@ -11,7 +11,7 @@ import torch
 
 from neuralmorph.errors import InputError
 from neuralmorph.frame import Frame
-from neuralmorph.evaluation.extraction_bench import ExtractionBenchConfig, run_extraction_bench
+from neuralmorph.evaluation.extraction_bench import ExtractionBenchConfig, bench_extraction
 from neuralmorph.models.implicit.extraction import evaluate_points, extract_coarse_to_fine, extract_dense
 
 CUBE = np.array([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
@@ -177,7 +177,7 @@ def test_nonzero_level_is_an_offset_surface():
 
 
 class FakeImplicitModel:
-    """The contract `run_extraction_bench` uses, on an analytic head-like field (a smooth union of
+    """The contract `bench_extraction` uses, on an analytic head-like field (a smooth union of
     anchored spheres); `neighbours` picks how many nearest anchors blend (0: all); `all_members` gives
     the same field (here nothing is skipped either way)."""
 
@@ -187,6 +187,8 @@ class FakeImplicitModel:
 
     def __init__(self, family: str = "implicit-local", default_neighbours: int = 3):
         self.family = family
+        self.geometry = "mesh" if family == "pca" else "sdf"
+        self.has_anchors = family == "implicit-local"
         self.frame = Frame(mm_per_unit=120.0)
         self.bounds = torch.tensor([[-0.9, -1.0, -0.8], [0.9, 0.9, 0.9]])
         self.default_neighbours = default_neighbours
@@ -216,7 +218,7 @@ class FakeImplicitModel:
 def test_bench_runs_on_a_local_model(tmp_path):
     cfg = ExtractionBenchConfig(out=tmp_path / "E.json", resolution=48, coarse_resolution=12, repeats=2,
                                 points=5000, chamfer_points=5000)
-    result = run_extraction_bench(cfg, model=FakeImplicitModel())
+    result = bench_extraction(cfg, model=FakeImplicitModel())
     saved = json.loads((tmp_path / "E.json").read_text())
     for key in ("eval_ratio", "speedup", "chamfer_mm", "sparse_speedup", "sparse_max_abs_diff",
                 "sparse_max_abs_diff_unit", "machine", "config", "model", "dense", "coarse_to_fine"):
@@ -232,7 +234,7 @@ def test_bench_runs_on_a_local_model(tmp_path):
 def test_bench_global_model_has_no_sparse_numbers(tmp_path):
     cfg = ExtractionBenchConfig(out=tmp_path / "E.json", resolution=32, coarse_resolution=8, repeats=1,
                                 chamfer_points=2000)
-    result = run_extraction_bench(cfg, model=FakeImplicitModel(family="implicit-global"))
+    result = bench_extraction(cfg, model=FakeImplicitModel(family="implicit-global"))
     assert result["sparse_speedup"] is None and result["sparse_max_abs_diff"] is None
     assert "anchors" in result["sparse_reason"]
     assert json.loads((tmp_path / "E.json").read_text())["sparse_speedup"] is None
@@ -240,9 +242,9 @@ def test_bench_global_model_has_no_sparse_numbers(tmp_path):
 
 def test_bench_needs_an_implicit_model(tmp_path):
     with pytest.raises(InputError, match="--model.*train implicit-local"):
-        run_extraction_bench(ExtractionBenchConfig(out=tmp_path / "E.json"))
+        bench_extraction(ExtractionBenchConfig(out=tmp_path / "E.json"))
     with pytest.raises(InputError, match="--model"):
-        run_extraction_bench(ExtractionBenchConfig(out=tmp_path / "E.json"), model=FakeImplicitModel(family="pca"))
+        bench_extraction(ExtractionBenchConfig(out=tmp_path / "E.json"), model=FakeImplicitModel(family="pca"))
     with pytest.raises(InputError, match="--repeats"):
         ExtractionBenchConfig(repeats=0)
     with pytest.raises(InputError, match="--coarse-resolution"):

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import neuralmorph.data.fetch as fx
+from neuralmorph.commands.data import FetchConfig, run_fetch
 from neuralmorph.errors import InputError
 
 N_VERTS = 7160  # the MeshMonk topology's vertex count (the landmark ids must fit)
@@ -311,12 +312,12 @@ def test_load_james_reorders_to_ibug(tmp_path, no_network):
 
 
 def test_run_fetch_prints_where_and_license(tmp_path, no_network, capsys):
-    cfg = fx.FetchConfig(name="james", cache=tmp_path / "c", archive=make_james_sdist(tmp_path / "j.tar.gz"))
-    fx.run_fetch(cfg)
+    cfg = FetchConfig(name="james", cache=tmp_path / "c", archive=make_james_sdist(tmp_path / "j.tar.gz"))
+    run_fetch(cfg)
     out = capsys.readouterr().out
     assert str(tmp_path / "c" / "james") in out and "BSD-3-Clause" in out and "LICENSE.txt" in out
     with pytest.raises(InputError, match="not 'all'"):
-        fx.run_fetch(fx.FetchConfig(name="all", cache=tmp_path / "c", archive=tmp_path / "j.tar.gz"))
+        run_fetch(FetchConfig(name="all", cache=tmp_path / "c", archive=tmp_path / "j.tar.gz"))
 
 
 # ------------------------------------------------------------------------------------- landmark asset

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from neuralmorph.errors import InputError
-from neuralmorph.evaluation.fidelity import FidelityConfig, run_fidelity
+from neuralmorph.commands.bench import run_fidelity
+from neuralmorph.evaluation.fidelity import FidelityConfig
 
 
 def test_fidelity_writes_every_family_with_protocol_metric_names(tmp_path, capsys):

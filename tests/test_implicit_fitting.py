@@ -61,6 +61,9 @@ class Ellipsoids(torch.nn.Module):
     def zero_latents(self, b: int = 1):
         return {n: p.mean.expand(b, -1).clone() for n, p in self.prior.items()}
 
+    def training_latents(self):
+        return None  # no codebook of training codes: expressions start at the prior mean
+
     def sdf(self, x, identity):
         """x (B, P, 3), identity (B, 3) -> (B, P); the usual near-exact ellipsoid distance k0 (k0 - 1) / k1."""
         self.sdf_calls += 1
@@ -126,12 +129,12 @@ def single_view_cloud(mesh: Mesh, n: int = 3000, seed: int = 0, noise_mm: float 
     return pts + noise_mm * rng.standard_normal(pts.shape)
 
 
-from neuralmorph.fitting.implicit import (ImplicitFitConfig, canonical_points, fit_depth_sequence, fit_point_clouds,
-                                          observed_to_mesh_mm)
+from neuralmorph.fitting.implicit import ImplicitFitConfig, canonical_points, fit_depth_sequence, fit_point_clouds
+from neuralmorph.geometry.distance import distance_to_mesh
 from neuralmorph.data.observations import DepthFrame, load_target, write_depth_sequence
 from neuralmorph.models.implicit.roots import RootFinding
 
-FAST = dict(steps=120, points_per_step=400, eval_points=2000, mesh_resolution=64)
+FAST = dict(steps=120, points_per_step=400, eval_points=2000, mesh_resolution=64, align=False)
 
 
 def code_errors(result) -> tuple[float, float]:
@@ -185,11 +188,11 @@ def test_single_view_fit_recovers_codes_and_surface(forward_model, cloud):
     assert id_err < 0.005 and ex_err < 0.03  # identity scale 0.15, expression 0.5 (prior std)
     assert res.latents["identity"].shape == (1, 3) and res.latents["expression"].shape == (1, 2)
     assert res.converged_fraction == 1.0 and res.converged_per_observation == [1.0]
-    assert observed_to_mesh_mm(cloud, res.meshes[0]).mean() < 0.3
+    assert distance_to_mesh(cloud, res.meshes[0].vertices, res.meshes[0].faces).mean() < 0.3
     assert len(res.history) == FAST["steps"] and res.history[-1] < res.history[0]
     # the prior mean is a different head: the fit moved the surface onto the points
     start = forward_model.meshes(forward_model.zero_latents(1))[0]
-    assert observed_to_mesh_mm(cloud, start).mean() > 3.0
+    assert distance_to_mesh(cloud, start.vertices, start.faces).mean() > 3.0
 
 
 def test_several_observations_share_one_identity(forward_model):
@@ -200,7 +203,7 @@ def test_several_observations_share_one_identity(forward_model):
     assert np.abs(res.latents["identity"][0].numpy() - TRUE_ID).max() < 0.005
     assert np.abs(res.latents["expression"].numpy() - np.array(exprs)).max() < 0.05
     assert len(res.meshes) == 3
-    assert max(observed_to_mesh_mm(c, m).mean() for c, m in zip(clouds, res.meshes)) < 0.3
+    assert max(distance_to_mesh(c, m.vertices, m.faces).mean() for c, m in zip(clouds, res.meshes)) < 0.3
 
 
 def test_backward_model_fits_without_root_finding():
@@ -210,7 +213,7 @@ def test_backward_model_fits_without_root_finding():
     id_err, ex_err = code_errors(res)
     assert id_err < 0.005 and ex_err < 0.03
     assert res.converged_fraction == 1.0
-    assert observed_to_mesh_mm(cloud, res.meshes[0]).mean() < 0.3
+    assert distance_to_mesh(cloud, res.meshes[0].vertices, res.meshes[0].faces).mean() < 0.3
 
 
 def _turn(degrees: float) -> np.ndarray:
@@ -230,10 +233,10 @@ def test_known_pose_returns_meshes_in_target_coordinates(forward_model, cloud):
     res = fit_point_clouds(forward_model, [moved], ImplicitFitConfig(**FAST), pose=pose)
     assert code_errors(res)[0] < 0.005
     assert np.allclose(res.pose.matrix, pose.matrix)
-    assert observed_to_mesh_mm(moved, res.meshes[0]).mean() < 0.3
+    assert distance_to_mesh(moved, res.meshes[0].vertices, res.meshes[0].faces).mean() < 0.3
     # the same data, far from the model's frame, cannot be fitted without its pose
     res = fit_point_clouds(forward_model, [moved], ImplicitFitConfig(**{**FAST, "steps": 30, "eval_points": 0}))
-    assert observed_to_mesh_mm(moved, res.meshes[0]).mean() > 50.0
+    assert distance_to_mesh(moved, res.meshes[0].vertices, res.meshes[0].faces).mean() > 50.0
 
 
 def test_alignment_finds_an_unknown_pose():
@@ -246,17 +249,31 @@ def test_alignment_finds_an_unknown_pose():
     cloud = single_view_cloud(true_mesh(model))
     pose = Similarity(1.0, _turn(-15.0), np.array([-100.0, 50.0, 300.0]))
     moved = pose.apply(cloud)
-    cfg = ImplicitFitConfig(**{**FAST, "steps": 30, "eval_points": 0}, align=True)
+    cfg = ImplicitFitConfig(**{**FAST, "steps": 30, "eval_points": 0, "align": True})
     res = fit_point_clouds(model, [moved], cfg)
     dt, dr = _pose_error(res.pose, pose)
     assert dt < 1.0 and dr < 0.5
-    assert observed_to_mesh_mm(moved, res.meshes[0]).mean() < 0.5
+    assert distance_to_mesh(moved, res.meshes[0].vertices, res.meshes[0].faces).mean() < 0.5
     # translation only: exact when the orientation is right
     shifted = Similarity(1.0, np.eye(3), pose.translation)
-    res = fit_point_clouds(model, [shifted.apply(cloud)], ImplicitFitConfig(**{**FAST, "steps": 30, "eval_points": 0},
-                                                                            align=True, align_rotation=False))
+    res = fit_point_clouds(model, [shifted.apply(cloud)], ImplicitFitConfig(**{**FAST, "steps": 30, "eval_points": 0,
+                                                                               "align": True}, align_rotation=False))
     dt, dr = _pose_error(res.pose, shifted)
     assert dt < 1.0 and dr == 0.0
+
+
+def test_fits_align_by_default():
+    # A cloud far from the model's frame (a scan centred on its own mean, say) is aligned before the fit
+    # unless the caller says it is already in the frame: the same default as the mesh families' fits.
+    model = Ellipsoids()
+    with torch.no_grad():
+        model.prior["identity"].mean.copy_(torch.tensor(TRUE_ID))
+        model.prior["expression"].mean.copy_(torch.tensor(TRUE_EX))
+    cloud = single_view_cloud(true_mesh(model))
+    moved = cloud - cloud.mean(axis=0)
+    assert ImplicitFitConfig().align
+    res = fit_point_clouds(model, [moved], ImplicitFitConfig(**{**FAST, "steps": 30, "eval_points": 0, "align": True}))
+    assert distance_to_mesh(moved, res.meshes[0].vertices, res.meshes[0].faces).mean() < 0.5
 
 
 def test_pose_refinement_corrects_a_misalignment(forward_model):
@@ -273,7 +290,7 @@ def test_pose_refinement_corrects_a_misalignment(forward_model):
     dt, dr = _pose_error(refined.pose, off)
     assert dt < 1.5 and dr < 2.0
     assert code_errors(refined)[0] < 0.005 < code_errors(fixed)[0]
-    assert observed_to_mesh_mm(moved, refined.meshes[0]).mean() < 0.6 < observed_to_mesh_mm(moved, fixed.meshes[0]).mean()
+    assert distance_to_mesh(moved, refined.meshes[0].vertices, refined.meshes[0].faces).mean() < 0.6 < distance_to_mesh(moved, fixed.meshes[0].vertices, fixed.meshes[0].faces).mean()
 
 
 class EllipsoidsWithTraining(Ellipsoids):
@@ -285,17 +302,17 @@ class EllipsoidsWithTraining(Ellipsoids):
 
 
 def test_diagonal_code_prior_keeps_each_dimension_spread_and_drops_correlations():
-    from neuralmorph.fitting.implicit import _code_spaces, _codes, _whiten
+    from neuralmorph.fitting.implicit import _code_spaces
 
     model = Ellipsoids()
     codes = torch.randn(200, 3, generator=torch.Generator().manual_seed(0)) @ torch.tensor(
         [[0.2, 0.0, 0.0], [0.15, 0.1, 0.0], [0.0, 0.0, 0.05]]).T
     model.prior["identity"].fit(codes)
-    full, diag = _code_spaces(model, "full")["identity"][1], _code_spaces(model, "diagonal")["identity"][1]
+    full, diag = _code_spaces(model, "full")["identity"].scale_tril, _code_spaces(model, "diagonal")["identity"].scale_tril
     assert torch.allclose(diag @ diag.T, torch.diag(torch.diag(full @ full.T)))
     assert (full @ full.T)[1, 0] > 0.02  # the correlation the diagonal prior lets go
     spaces = _code_spaces(model, "diagonal")
-    assert torch.allclose(_codes(spaces, _whiten(spaces, codes[:5], "identity"), "identity"), codes[:5], atol=1e-6)
+    assert torch.allclose(spaces["identity"].unwhiten(spaces["identity"].whiten(codes[:5])), codes[:5], atol=1e-6)
 
 
 def test_expression_start_is_the_training_code_that_explains_the_points_best(cloud):
@@ -322,8 +339,8 @@ def test_head_pose_follows_a_head_that_turned_in_one_observation(forward_model):
     dt, dr = _pose_error(moving.head_poses[1], turn)
     assert dt < 1.5 and dr < 1.0
     assert _pose_error(moving.head_poses[0], Similarity())[0] < 0.5  # the still head stays still
-    assert observed_to_mesh_mm(clouds[1], moving.meshes[1]).mean() < 0.5 < \
-        observed_to_mesh_mm(clouds[1], still.meshes[1]).mean()
+    assert distance_to_mesh(clouds[1], moving.meshes[1].vertices, moving.meshes[1].faces).mean() < 0.5 < \
+        distance_to_mesh(clouds[1], still.meshes[1].vertices, still.meshes[1].faces).mean()
     assert code_errors(moving)[0] < 0.005
 
 
@@ -395,20 +412,21 @@ def test_depth_sequence_recovers_each_frames_expression(forward_model):
     truth = np.linspace([0.9, -0.7], [-0.3, 0.5], 6)  # a fast change: 0.24 per frame, half a prior std
     frames = render_sequence(forward_model, truth, noise_mm=1.0)
     cfg = ImplicitFitConfig(steps=200, points_per_step=300, observations_per_step=3, eval_points=500,
-                            mesh_resolution=64, temporal_code_weight=0.0, temporal_deformation_weight=0.0)
+                            mesh_resolution=64, temporal_code_weight=0.0, temporal_deformation_weight=0.0,
+                            align=False)  # the frames are in the model's frame (world = model)
     res = fit_depth_sequence(forward_model, frames, cfg)
     e = res.latents["expression"].numpy()
     assert e.shape == (6, 2) and len(res.meshes) == 6 and len(res.converged_per_observation) == 6
     assert np.sqrt(((e - truth) ** 2).sum(1).mean()) < 0.08
     assert np.abs(res.latents["identity"][0].numpy() - TRUE_ID).max() < 0.005
     for fr, mesh in zip(frames, res.meshes):
-        assert observed_to_mesh_mm(fr.points(), mesh).mean() < 1.5  # 1 mm depth noise
+        assert distance_to_mesh(fr.points(), mesh.vertices, mesh.faces).mean() < 1.5  # 1 mm depth noise
 
 
 def test_temporal_smoothness_reduces_jitter(forward_model):
     truth = np.linspace([0.6, -0.5], [0.8, -0.3], 6)  # a slow change, 2 mm depth noise
     frames = render_sequence(forward_model, truth, noise_mm=2.0)
-    base = dict(steps=100, points_per_step=200, observations_per_step=3, eval_points=0, mesh_resolution=32)
+    base = dict(steps=100, points_per_step=200, observations_per_step=3, eval_points=0, mesh_resolution=32, align=False)
 
     def jitter(e):  # second differences: zero for the (linear) truth, noise for a fit
         return float(np.linalg.norm(e[2:] - 2 * e[1:-1] + e[:-2], axis=1).mean())

@@ -15,7 +15,7 @@ from neuralmorph.geometry.mesh import load_mesh
 from neuralmorph.models.implicit.model import (ImplicitGlobalConfig, ImplicitGlobalModel, ImplicitLocalConfig,
                                         ImplicitLocalModel, pick_anchors)
 from neuralmorph.models.implicit.samples import ImplicitSampleConfig, face_vertex_mask
-from neuralmorph.commands.train_implicit_old import held_out_surface_error
+from neuralmorph.models.implicit.model import held_out_surface_error
 from neuralmorph.models.base import MorphableModel
 from neuralmorph.commands.generate import ExportConfig, SampleConfig, TransferConfig, run_export, run_sample, run_transfer
 from neuralmorph.models.pca import PCAConfig, PCAModel
@@ -30,6 +30,13 @@ TINY_SAMPLES = ImplicitSampleConfig(surface_points=256, near_points=256, far_poi
                                     pool_size=20_000, draws_per_head=8)
 STEPS = 300
 LOCAL_STEPS = 150
+NO_SCANS = ImplicitSampleConfig(**{**TINY_SAMPLES.to_dict(), "use_scans": False})  # registered meshes only
+
+
+def build(cls, data, cfg, samples, seed, heads=None):
+    """(model, its training stream), the family contract's two steps."""
+    stream = cls.training_set(data, cfg, "train", samples, seed=seed, heads=heads)
+    return cls.build(data, cfg, stream, seed=seed), stream
 
 
 def _trainer(steps: int, **kw) -> TrainerConfig:
@@ -68,19 +75,18 @@ def pair(data):
 @pytest.fixture(scope="module")
 def trained(data, small_synth, pair, tmp_path_factory):
     """A tiny global model trained STEPS steps on one subject (its neutral and one expression head)."""
-    model, samples = ImplicitGlobalModel.build(data, TINY_GLOBAL, TINY_SAMPLES, root=small_synth, seed=0,
-                                               heads=list(pair))
+    model, samples = build(ImplicitGlobalModel, data, TINY_GLOBAL, TINY_SAMPLES, 0, heads=list(pair))
     before = held_out_surface_error(model, samples, 3000)
     out = tmp_path_factory.mktemp("implicit") / "run"
     model = train(model, samples, _trainer(STEPS), out, progress=False)
     model.eval()
-    model.fit_prior()
+    model.fit_prior(data, samples)
     return model, samples, before, out
 
 
 def test_contract_shapes(data, small_synth):
     for cls, cfg in ((ImplicitGlobalModel, TINY_GLOBAL), (ImplicitLocalModel, TINY_LOCAL)):
-        model, samples = cls.build(data, cfg, TINY_SAMPLES, root=None, seed=1)
+        model, samples = build(cls, data, cfg, NO_SCANS, 1)
         ki, ke = model.latent_sizes["identity"], model.latent_sizes["expression"]
         assert set(model.latent_sizes) == {"identity", "expression"} and ke == 8
         assert model.deformation == "forward" and model.bounds.shape == (2, 3) and model.bounds.dtype == torch.float32
@@ -96,11 +102,11 @@ def test_contract_shapes(data, small_synth):
         assert {"identity_norm", "expression_norm"} <= set(regs) and all(v.ndim == 0 for v in regs.values())
         assert model.identity_codes.shape == (len(samples.subjects), ki)
         assert model.expression_codes.shape == (len(samples.head_ids), ke)
-        assert model.n_vertices == 0 and model.regions == {}
+        assert model.regions == {} and model.geometry == "sdf" and "registered" not in model.fits
         z0 = model.zero_latents(3)
         assert z0["identity"].shape == (3, ki) and model.sample(2, 1.0, 0)["expression"].shape == (2, ke)
-        with pytest.raises(InputError):
-            model.decode(z0)
+        with pytest.raises(InputError):  # no registered topology: a registered fit is refused
+            model.require_fit("registered")
         with pytest.raises(InputError):
             model.sdf(torch.zeros(2, 7), zi)
         if cls is ImplicitLocalModel:
@@ -154,7 +160,7 @@ def test_anchor_picking_is_symmetric(data):
 def _randomised_local(data, **changes) -> ImplicitLocalModel:
     """A local model whose anchors move with the code and whose members output more than the init's ~0."""
     cfg = ImplicitLocalConfig(**{**TINY_LOCAL.to_dict(), **changes})
-    model, _ = ImplicitLocalModel.build(data, cfg, TINY_SAMPLES, root=None, seed=2)
+    model, _ = build(ImplicitLocalModel, data, cfg, NO_SCANS, 2)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         model.field.anchor_mlp[-1].weight.copy_(torch.randn(model.field.anchor_mlp[-1].weight.shape, generator=g) * 0.05)
@@ -234,8 +240,7 @@ def test_training_reduces_the_held_out_surface_error(trained):
 
 
 def test_local_family_trains(data, small_synth, pair, tmp_path):
-    model, samples = ImplicitLocalModel.build(data, TINY_LOCAL, TINY_SAMPLES, root=small_synth, seed=0,
-                                              heads=[pair[0]])
+    model, samples = build(ImplicitLocalModel, data, TINY_LOCAL, TINY_SAMPLES, 0, heads=[pair[0]])
     before = held_out_surface_error(model, samples, 2000)
     model = train(model, samples, _trainer(LOCAL_STEPS, lr=5e-3), tmp_path / "run", progress=False)
     after = held_out_surface_error(model, samples, 2000)
@@ -282,7 +287,7 @@ def test_save_load_round_trip(trained, data, tmp_path):
     assert torch.equal(loaded.sample(2, 1.0, seed=4)["identity"], lat["identity"])
     assert torch.equal(loaded.sdf(x, lat["identity"]), model.sdf(x, lat["identity"]))
     assert torch.equal(loaded.deform(x, lat["identity"], lat["expression"]), model.deform(x, lat["identity"], lat["expression"]))
-    local, _ = ImplicitLocalModel.build(data, TINY_LOCAL, TINY_SAMPLES, root=None, seed=5)
+    local, _ = build(ImplicitLocalModel, data, TINY_LOCAL, NO_SCANS, 5)
     local.save(tmp_path / "l")
     back = MorphableModel.load(tmp_path / "l")
     z = torch.randn(2, local.latent_sizes["identity"]) * 0.1
@@ -305,7 +310,7 @@ def test_generate_verbs_write_implicit_meshes(trained, tmp_path, data):
     with pytest.raises(InputError):
         ExportConfig(model=tmp_path / "model", out=tmp_path / "x.obj", resolution=1)
     # registered families keep decoding through the same hook
-    pca = PCAModel.from_dataset(data, PCAConfig(2, 2))
+    pca = PCAModel.build(data, PCAConfig(2, 2))
     z = pca.sample(2, 1.0, 0)
     m = pca.meshes(z)
     assert np.allclose(m[1].vertices, pca.decode(z)[1].double().numpy()) and np.array_equal(m[0].faces, data.faces)
@@ -313,7 +318,7 @@ def test_generate_verbs_write_implicit_meshes(trained, tmp_path, data):
 
 def test_backward_deformation(data, small_synth, pair):
     cfg = ImplicitGlobalConfig(**{**TINY_GLOBAL.to_dict(), "deformation": "backward", "hyper_dims": 2})
-    model, samples = ImplicitGlobalModel.build(data, cfg, TINY_SAMPLES, root=None, seed=0, heads=list(pair))
+    model, samples = build(ImplicitGlobalModel, data, cfg, NO_SCANS, 0, heads=list(pair))
     assert samples.surfaces == "own" and len(samples.pools) == 2
     zi, ze = model.training_latents()["identity"], torch.randn(2, 8) * 0.1
     x = torch.rand(2, 9, 3) - 0.5
@@ -327,8 +332,8 @@ def test_backward_deformation(data, small_synth, pair):
     meshes = model.meshes({"identity": zi, "expression": ze}, resolution=24)  # posed fields extracted directly
     assert all(len(m.faces) > 100 for m in meshes)
     # without hyper-coordinates the canonical mesh is pulled back per vertex by Broyden: shared topology
-    plain, _ = ImplicitGlobalModel.build(data, ImplicitGlobalConfig(**{**TINY_GLOBAL.to_dict(), "deformation": "backward"}),
-                                         TINY_SAMPLES, root=None, seed=0, heads=list(pair))
+    plain, _ = build(ImplicitGlobalModel, data, ImplicitGlobalConfig(**{**TINY_GLOBAL.to_dict(), "deformation": "backward"}),
+                     NO_SCANS, 0, heads=list(pair))
     with torch.no_grad():
         plain.deformer.mlp.out.bias.copy_(torch.tensor([0.02, 0.0, 0.0]))   # a known shift: posed = canonical - 0.02
     m0, m1 = plain.meshes({"identity": zi, "expression": ze}, resolution=24)
@@ -339,7 +344,7 @@ def test_backward_deformation(data, small_synth, pair):
 
 def test_resume_is_bit_identical(data, tmp_path, pair):
     def fresh():
-        return ImplicitGlobalModel.build(data, TINY_GLOBAL, TINY_SAMPLES, root=None, seed=0, heads=list(pair))
+        return build(ImplicitGlobalModel, data, TINY_GLOBAL, NO_SCANS, 0, heads=list(pair))
 
     cfg = _trainer(4, checkpoint_every=2)
     model, samples = fresh()

@@ -26,7 +26,7 @@ def data(small_synth):
 
 @pytest.fixture(scope="module")
 def stream(data, small_synth):
-    return ImplicitSamples(data, CFG, "train", seed=3, anchor_ids=np.array([10, 20, 30]), root=small_synth)
+    return ImplicitSamples(data, CFG, "train", seed=3, anchor_ids=np.array([10, 20, 30]))
 
 
 def _mm(ds: HeadDataset, x) -> np.ndarray:
@@ -49,14 +49,14 @@ def test_items_have_fixed_shapes_and_collate(stream):
 
 
 def test_items_are_a_pure_function_of_seed_and_index(data, small_synth, stream):
-    again = ImplicitSamples(data, CFG, "train", seed=3, anchor_ids=np.array([10, 20, 30]), root=small_synth)
+    again = ImplicitSamples(data, CFG, "train", seed=3, anchor_ids=np.array([10, 20, 30]))
     for i in (0, 7, len(stream) - 1):
         a, b = stream[i], again[i]
         assert all(torch.equal(a[k], b[k]) for k in a)
     # order of access does not matter, other indices and other seeds differ
     assert torch.equal(stream[7]["near"], stream[7]["near"])
     assert not torch.equal(stream[7]["near"], stream[7 + len(stream.head_ids)]["near"])
-    other = ImplicitSamples(data, CFG, "train", seed=4, root=small_synth)
+    other = ImplicitSamples(data, CFG, "train", seed=4)
     assert not torch.equal(other[7]["far"], stream[7]["far"])
 
 
@@ -139,7 +139,8 @@ def test_barycentric_pairs_follow_the_mesh():
 
 def test_registered_fallback_and_bad_configs(data, small_synth):
     first = next(i for i, h in enumerate(data.heads) if h.split == "train")
-    plain = ImplicitSamples(data, CFG, "train", seed=0, root=None, heads=[first])
+    plain = ImplicitSamples(data, ImplicitSampleConfig(**{**CFG.to_dict(), "use_scans": False}), "train", seed=0,
+                            heads=[first])
     assert plain.head_ids == [first] and not any(p["from_scan"] for p in plain.pools.values())
     pts = _mm(data, plain[0]["surface"])
     assert closest_points(pts, data.vertices[data.heads[first].registered], data.faces)[1].max() < 1e-3
@@ -148,7 +149,7 @@ def test_registered_fallback_and_bad_configs(data, small_synth):
     with pytest.raises(InputError):
         ImplicitSampleConfig(face_fraction=1.5)
     with pytest.raises(InputError):
-        ImplicitSamples(data, CFG, "val", root=small_synth)               # no val heads in small_synth
+        ImplicitSamples(data, CFG, "val")               # no val heads in small_synth
 
 
 def test_sign_labels_follow_the_registered_surface(data, stream):
@@ -167,3 +168,13 @@ def test_sign_labels_follow_the_registered_surface(data, stream):
     assert stream.frame.to_canonical(reg).min(0).min() > lo.min()
     corner = stream.frame.to_mm(np.array([hi], np.float64))
     assert igl.winding_number(reg, stream.faces, corner)[0] < 0.25
+
+
+def test_raw_scans_need_the_dataset_folder(data):
+    # a dataset that lists raw scans but was not loaded from (or saved to) a folder cannot find them:
+    # an error, never a silent fall back to the registered meshes
+    import dataclasses
+
+    bare = dataclasses.replace(data, folder=None)
+    with pytest.raises(InputError, match="no folder"):
+        ImplicitSamples(bare, CFG, "train", seed=0)

@@ -16,7 +16,7 @@ def data(pca_data):
 
 @pytest.fixture(scope="module")
 def full(data):
-    return PCAModel.from_dataset(data, PCAConfig(identity_dims=10_000, expression_dims=10_000))
+    return PCAModel.build(data, PCAConfig(identity_dims=10_000, expression_dims=10_000))
 
 
 def _heads(data, split):
@@ -42,8 +42,8 @@ def test_held_out_error_falls_monotonically_with_components(data, full):
 
 
 def test_sizes_by_explained_variance(data):
-    small = PCAModel.from_dataset(data, PCAConfig(explained_variance=0.5))
-    large = PCAModel.from_dataset(data, PCAConfig(explained_variance=0.99))
+    small = PCAModel.build(data, PCAConfig(explained_variance=0.5))
+    large = PCAModel.build(data, PCAConfig(explained_variance=0.99))
     assert 1 <= small.latent_sizes["identity"] < large.latent_sizes["identity"]
     spectrum = large.identity_spectrum.numpy()
     k = large.latent_sizes["identity"]
@@ -113,7 +113,7 @@ def test_bad_model_inputs(data, tmp_path):
     (tmp_path / "config.json").write_text('{"family": "nope"}')
     with pytest.raises(InputError, match="unknown model family"):
         MorphableModel.load(tmp_path)
-    model = PCAModel.from_dataset(data, PCAConfig(4, 4))
+    model = PCAModel.build(data, PCAConfig(4, 4))
     with pytest.raises(InputError, match="expected latent spaces"):
         model.check_latents({"identity": torch.zeros(1, 4)})
     with pytest.raises(InputError, match="shape"):

@@ -13,9 +13,10 @@ from scipy.spatial.transform import Rotation
 from neuralmorph.data.synth import SynthConfig, synthesize
 from neuralmorph.errors import InputError
 from neuralmorph.evaluation.protocol import Protocol
-from neuralmorph.evaluation.real import (LANDMARK_KEY, WHOLE_KEY, RealEvalConfig, RealSettings, RealTarget,
+from neuralmorph.commands.evaluate import RealEvalConfig, run_real_eval
+from neuralmorph.evaluation.real import (LANDMARK_KEY, WHOLE_KEY, RealSettings, RealTarget,
                                          boundary_edges, crop_to_extent, evaluate_real, fit_real_target,
-                                         neck_plane, on_boundary, region_faces, run_real_eval, shared_landmarks,
+                                         neck_plane, on_boundary, region_faces, shared_landmarks,
                                          target_strips)
 from neuralmorph.fitting.loop import FitConfig
 from neuralmorph.frame import Similarity
@@ -31,7 +32,7 @@ POSE = Similarity(1.0, Rotation.from_euler("xyz", [8, -20, 5], degrees=True).as_
 def model(tmp_path_factory):
     data = synthesize(SynthConfig(out=tmp_path_factory.mktemp("real") / "data", subjects=6, expressions=2,
                                   scans=False), progress=False)
-    return PCAModel.from_dataset(data, PCAConfig(identity_dims=4, expression_dims=2))
+    return PCAModel.build(data, PCAConfig(identity_dims=4, expression_dims=2))
 
 
 def _head(model) -> np.ndarray:

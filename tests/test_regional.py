@@ -6,9 +6,10 @@ import torch
 
 from neuralmorph.data.dataset import HeadDataset
 from neuralmorph.models import MorphableModel
-from neuralmorph.models.regional.model import (RegionalConfig, RegionalModel, RegionalTrainData, boundary_ring,
-                                         quick_train, segment_template, soften_weights)
+from neuralmorph.models.regional.model import RegionalConfig, RegionalModel, RegionalTrainData
+from neuralmorph.models.regional.regions import boundary_ring, segment_template, soften_weights
 from neuralmorph.models.regional.prior import fit_control_prior
+from neuralmorph.training import TrainerConfig, train
 
 TINY = dict(latent_size=8, dim=32, heads=2, encoder_depth=1, decoder_depth=1, ffn_mult=2, embed_size=8,
             control_per_region=4, control_hidden=16)
@@ -88,18 +89,30 @@ def test_local_attention_edits_are_local_by_construction(ds):
     assert float(ch[outside].max()) == 0.0
 
 
-def test_stage2_training_learns_local_edits(ds):
+def _train(model, data, steps, seed, out, **trainer):
+    """The shared trainer at quick settings; returns the last logged training row of metrics.csv."""
+    import csv
+
+    cfg = TrainerConfig(**{"max_steps": steps, "batch_size": 8, "lr": 1e-3, "seed": seed, "checkpoint_every": 0,
+                           "val_every": 0, "log_every": 1, "tensorboard": False, **trainer})
+    train(model, data, cfg, out, progress=False).eval()
+    with open(out / "metrics.csv") as fh:
+        return {k: float(v) for k, v in list(csv.DictReader(fh))[-1].items() if v}
+
+
+def test_stage2_training_learns_local_edits(ds, tmp_path):
     """Tiny model, stage 1 then stage 2 (default: local decoder attention): the manipulation loss falls,
     the edit moves the region, and the change outside the region and its 2-ring is < 1e-6 of the change
     inside (exactly 0 with hard regions)."""
     data = RegionalTrainData(ds, "train")
     model = RegionalModel.build(ds, RegionalConfig(**TINY, alpha_ramp_steps=10))
-    quick_train(model, data, steps=10, batch_size=8, lr=1e-3, seed=0)
+    _train(model, data, 10, 0, tmp_path / "stage1")
     model.with_config(stage=2)
     torch.manual_seed(0)
     with torch.no_grad():
         _, first = model.training_loss({"vertices": data.vertices[:16]}, 40)
-    logs = quick_train(model, data, steps=40, batch_size=8, lr=1e-3, seed=1)
+    # stage 2 at the regional benchmark's lr, no warm-up: a larger step undoes the stage-1 fit first
+    logs = _train(model, data, 40, 1, tmp_path / "stage2", lr=3e-4, warmup_steps=0)
     torch.manual_seed(0)
     with torch.no_grad():
         _, last = model.training_loss({"vertices": data.vertices[:16]}, 40)
@@ -215,3 +228,17 @@ def test_pca_init_with_fewer_heads_than_latents_is_stable(tmp_path):
         loss.backward()
         opt.step()
     assert error() < 1.5 * before
+
+
+def test_continue_with_applies_run_fields_and_refuses_weight_shaping_ones(ds):
+    # `train regional --init MODEL`: this run's losses, schedules and decoder attention apply; a flag
+    # that would change the weights' shapes is refused rather than recorded and ignored
+    from neuralmorph.errors import InputError
+
+    model = RegionalModel.build(ds, RegionalConfig(**TINY))
+    assert bool(model.decoder_mask.any())  # local attention masks cross-region attention
+    cont = model.continue_with(RegionalConfig(**TINY, stage=2, decoder_attention="full"))
+    assert cont.config.stage == 2 and cont.config.decoder_attention == "full"
+    assert not bool(cont.decoder_mask.any())
+    with pytest.raises(InputError, match="--model.dim"):
+        model.continue_with(RegionalConfig(**{**TINY, "dim": 64}, stage=2))

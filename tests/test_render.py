@@ -4,9 +4,10 @@ import trimesh
 
 from neuralmorph.errors import InputError
 from neuralmorph.geometry.mesh import Mesh, save_mesh
+from neuralmorph.commands.render import RenderConfig, run_render
 from neuralmorph.render import (
-    ERROR_ANCHORS, NAN_COLOR, VIEWS, MeshRenderer, RenderConfig, bounding_box, colorbar, error_colors,
-    hstack_images, render_mesh, render_points, run_render, save_png, view_camera,
+    ERROR_ANCHORS, NAN_COLOR, VIEWS, MeshRenderer, bounding_box, colorbar, error_colors,
+    hstack_images, render_mesh, render_points, save_png, view_camera,
 )
 
 WHITE = np.array([255, 255, 255], dtype=np.uint8)

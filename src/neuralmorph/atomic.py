@@ -51,6 +51,21 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(tmp_path)
 
 
+def read_json(path: str | os.PathLike, missing: str = "file not found"):
+    """The JSON value stored in `path`; InputError naming the file when it is missing (`missing` says so)
+    or is not valid JSON."""
+    import json
+
+    from neuralmorph.errors import InputError
+
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise InputError(path, missing) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(path, f"not valid JSON: {exc}") from None
+
+
 def write_json(path: str | os.PathLike, data) -> None:
     """Write `data` as indented, strict JSON (NaN and infinities become null), atomically."""
     import json

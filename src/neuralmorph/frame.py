@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from neuralmorph.geometry.distance import closest_points
+from neuralmorph.geometry.rotation import rotvec_to_matrix
 
 
 def _as_points(points: np.ndarray, name: str) -> np.ndarray:
@@ -164,7 +165,7 @@ def icp_similarity(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray,
         w, t = sol[:3], sol[3:6]
         ds = sol[6] if with_scale else 0.0
         angle = np.linalg.norm(w)
-        rot = _rotvec_to_matrix(w)
+        rot = rotvec_to_matrix(w)
         step = Similarity(1.0 + ds, rot, c + t - (1.0 + ds) * rot @ c)
         transform = step.compose(transform)
         if angle < tolerance and np.linalg.norm(t) < tolerance * (1.0 + np.abs(xc).max()) and abs(ds) < tolerance:
@@ -173,16 +174,6 @@ def icp_similarity(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray,
     _, dist, _ = closest_points(moved, ref_v, ref_f)
     inliers = np.sort(dist)[:keep]
     return IcpResult(transform, float(np.sqrt(np.mean(inliers**2))), keep / len(src), it)
-
-
-def _rotvec_to_matrix(w: np.ndarray) -> np.ndarray:
-    """Rodrigues: axis-angle (3,) -> (3, 3) rotation."""
-    angle = float(np.linalg.norm(w))
-    if angle < 1e-15:
-        return np.eye(3)
-    k = w / angle
-    kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
-    return np.eye(3) + np.sin(angle) * kx + (1 - np.cos(angle)) * kx @ kx
 
 
 @dataclass(frozen=True)

@@ -12,15 +12,14 @@ normal is flipped toward the viewer, so open meshes seen from behind are shaded,
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from pathlib import Path
 from types import MappingProxyType
-from typing import Literal, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from .atomic import atomic_file
 from .errors import InputError
+from .geometry.barycentric import barycentric
 from .geometry.camera import Camera, look_at
 from .geometry.raycast import RayCaster
 
@@ -147,25 +146,6 @@ def _vertex_normals(v: np.ndarray, f: np.ndarray) -> np.ndarray:
     return np.divide(acc, n, out=np.zeros_like(acc), where=n > 0)
 
 
-def _barycentric(p: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """(K, 3) float64 barycentric weights of points p (K, 3) in triangles (a, b, c) (each (K, 3)).
-
-    Clipped to the triangle and renormalised: Embree's float32 hit can sit a hair outside it.
-    """
-    e0, e1, ep = b - a, c - a, p - a
-    d00 = np.einsum("ij,ij->i", e0, e0)
-    d01 = np.einsum("ij,ij->i", e0, e1)
-    d11 = np.einsum("ij,ij->i", e1, e1)
-    d20 = np.einsum("ij,ij->i", ep, e0)
-    d21 = np.einsum("ij,ij->i", ep, e1)
-    den = d00 * d11 - d01 * d01
-    safe = np.where(np.abs(den) > 0, den, 1.0)
-    w1 = np.where(np.abs(den) > 0, (d11 * d20 - d01 * d21) / safe, 1.0 / 3.0)
-    w2 = np.where(np.abs(den) > 0, (d00 * d21 - d01 * d20) / safe, 1.0 / 3.0)
-    w = np.clip(np.stack([1.0 - w1 - w2, w1, w2], axis=1), 0.0, None)
-    return w / np.maximum(w.sum(axis=1, keepdims=True), 1e-12)
-
-
 def _shade(normals: np.ndarray, dirs: np.ndarray, rotation: np.ndarray) -> np.ndarray:
     """(K,) float64 light intensity for unit normals (K, 3) seen along unit ray directions (K, 3).
 
@@ -255,7 +235,7 @@ class MeshRenderer:
         tri = self.faces[fid]  # (K, 3)
         hit = cam.position + t[:, None] * d
         v = self.vertices
-        bary = _barycentric(hit, v[tri[:, 0]], v[tri[:, 1]], v[tri[:, 2]])
+        bary = barycentric(hit, v[tri], simplex=True)
         n = np.einsum("kj,kjc->kc", bary, self._vn[tri])
         norm = np.linalg.norm(n, axis=1, keepdims=True)
         # smooth normals cancel on knife edges (a fold seen edge-on): fall back to the flat normal there
@@ -540,38 +520,6 @@ def save_png(path: str | os.PathLike, image: np.ndarray) -> None:
         tmp.write_bytes(data)
 
 
-# ------------------------------------------------------------------------------------------ CLI verb
-
-
-@dataclass(frozen=True)
-class RenderConfig:
-    """Render a mesh or point cloud from several views into one PNG (optionally an error heat-map)."""
-
-    mesh: Path
-    """Mesh (.ply/.obj/.off/.stl) or point cloud (.ply/.obj without faces) to render."""
-    out: Path
-    """PNG to write, the views side by side."""
-    views: tuple[str, ...] = ("front", "three_quarter", "side")
-    """Views, from: front, three_quarter, side, back, top."""
-    size: int = 512
-    """Width and height of each view in pixels."""
-    units: Literal["mm", "cm", "dm", "m"] = "mm"
-    """Units of the input files."""
-    errors_against: Path | None = None
-    """Ground-truth mesh in correspondence (same vertex count): colour by per-vertex error, with a colour bar."""
-    vmax_mm: float = 5.0
-    """Error (mm) at the top of the colour scale; larger errors are clipped to it."""
-
-    def __post_init__(self):
-        bad = [v for v in self.views if v not in VIEWS]
-        if not self.views or bad:
-            raise InputError("--views", f"unknown view(s) {bad}; choose from {', '.join(VIEWS)}")
-        if not 16 <= self.size <= 8192:
-            raise InputError("--size", f"must be between 16 and 8192 pixels, got {self.size}")
-        if not (self.vmax_mm > 0 and np.isfinite(self.vmax_mm)):
-            raise InputError("--vmax-mm", f"must be positive, got {self.vmax_mm}")
-
-
 def render_views(vertices: np.ndarray, faces: np.ndarray, views: Sequence[str] = ("front", "three_quarter", "side"),
                  size: int = 512, vertex_colors: np.ndarray | None = None, frame_bbox: np.ndarray | None = None,
                  pad: int = 8) -> np.ndarray:
@@ -589,26 +537,3 @@ def render_views(vertices: np.ndarray, faces: np.ndarray, views: Sequence[str] =
     else:
         imgs = [render_points(v, name, (size, size), vertex_colors, frame_bbox=box) for name in views]
     return hstack_images(imgs, pad=pad)
-
-
-def run_render(cfg: RenderConfig) -> None:
-    """`neuralmorph render`: load, (optionally) colour by error against the ground truth, render, save."""
-    from .geometry.mesh import load_mesh
-
-    mesh = load_mesh(cfg.mesh, units=cfg.units, allow_points=True)
-    colors, box, err = None, None, None
-    if cfg.errors_against is not None:
-        gt = load_mesh(cfg.errors_against, units=cfg.units)
-        if len(gt.vertices) != len(mesh.vertices):
-            raise InputError(cfg.errors_against, f"has {len(gt.vertices)} vertices, {cfg.mesh} has "
-                             f"{len(mesh.vertices)}: per-vertex errors need meshes in correspondence")
-        err = np.linalg.norm(mesh.vertices - gt.vertices, axis=1)
-        colors = error_colors(err, cfg.vmax_mm)
-        box = bounding_box(mesh.vertices, gt.vertices)  # both shapes fit, whichever is larger
-    image = render_views(mesh.vertices, mesh.faces, cfg.views, cfg.size, colors, box)
-    if err is not None:
-        bar = colorbar(cfg.vmax_mm, height=max(64, int(cfg.size * 0.7)))
-        image = hstack_images([image, bar], pad=8)
-    save_png(cfg.out, image)
-    extra = f", per-vertex error mean {err.mean():.3f} mm, max {err.max():.3f} mm" if err is not None else ""
-    print(f"rendered {cfg.mesh} ({', '.join(cfg.views)}) -> {cfg.out}{extra}")

@@ -29,11 +29,13 @@ from neuralmorph.errors import InputError
 from neuralmorph.evaluation.model_quality import model_quality, quality_plots
 from neuralmorph.evaluation.protocol import Protocol, evaluate
 from neuralmorph.evaluation.report import Report
-from neuralmorph.fitting.loop import FitConfig, fit, fit_registered, initial_pose
+from neuralmorph.data.observations import Observation
+from neuralmorph.fitting import FitConfig, fit, fit_observation
 from neuralmorph.fitting.terms import PointToSurfaceTerm
 from neuralmorph.frame import icp_similarity, umeyama
 from neuralmorph.geometry.mesh import Mesh, save_mesh
 from neuralmorph.models.pca import PCAConfig, PCAModel
+from neuralmorph.models.train import train_model
 from neuralmorph.render import bounding_box, colorbar, error_colors, hstack_images, render_mesh, render_points
 
 @dataclass(frozen=True)
@@ -92,8 +94,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     data = synthesize(SynthConfig(out=out / "data", subjects=cfg.subjects, expressions=cfg.expressions,
                                   seed=cfg.seed, scans=False))
     lap("synth_s")
-    model = PCAModel.from_dataset(data, PCAConfig(cfg.identity_dims, cfg.expression_dims))
-    model.save(out / "model")
+    model = train_model(PCAModel, data, PCAConfig(cfg.identity_dims, cfg.expression_dims), out / "model").model
     lap("train_s")
     faces = data.faces
     face_region = {"face": HeadModel.load().regions["face"]}
@@ -106,7 +107,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     reg_rows = []
     for h in tqdm(test, desc="fit registered", unit="head"):
         truth = data.vertices[h.registered].astype(np.float64)
-        res = fit_registered(model, truth)
+        res = fit_observation(model, Observation("registered", (h.subject,), (truth,)))
         ev = evaluate(Mesh(res.vertices, faces), Mesh(truth, faces), Protocol(n_points=cfg.eval_points, seed=cfg.seed),
                       regions=face_region)
         reg_rows.append(ev["metrics"])
@@ -119,9 +120,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     for i, h in enumerate(tqdm(picks, desc="fit 2,500-point views", unit="head")):
         truth = data.vertices[h.registered].astype(np.float64)
         points, _ = single_view_points(truth, faces, rng)
-        pose = initial_pose(model, points=points)
-        res = fit(model, [PointToSurfaceTerm(torch.tensor(points, dtype=torch.float32), model.faces)], fit_cfg,
-                  init_pose=pose)
+        res = fit_observation(model, Observation("points", (h.subject,), (points,)), fit_cfg)
         ev = evaluate(Mesh(res.vertices, faces), Mesh(truth, faces),
                       Protocol(kind="render", n_points=cfg.eval_points, seed=cfg.seed), regions=face_region)
         pc_rows.append(ev["metrics"])

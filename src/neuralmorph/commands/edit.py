@@ -1,4 +1,4 @@
-"""`neuralmorph edit`: local edits of a registered head with the regional model.
+"""`neuralmorph edit`: local edits of a registered head, with a family that has local control (regional).
 
 Either move a region's control vertices (a JSON file of millimetre displacements, one per control
 vertex: `{"nose": [[0, 0, 4], ...]}`) or redraw one region from its fitted displacement prior
@@ -14,11 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from neuralmorph.atomic import write_json
+from neuralmorph.atomic import read_json, write_json
 from neuralmorph.errors import InputError
 from neuralmorph.geometry.mesh import Mesh, load_mesh, save_mesh
 from neuralmorph.models.base import MorphableModel
-from neuralmorph.models.regional.model import RegionalModel
 
 
 @dataclass(frozen=True)
@@ -47,13 +46,8 @@ class EditConfig:
             raise InputError("--control/--resample-region", "give exactly one of them")
 
 
-def _read_control(path: Path, model: RegionalModel) -> dict[str, torch.Tensor]:
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise InputError(path, "file not found") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(path, f"not valid JSON: {exc}") from None
+def _read_control(path: Path, model: MorphableModel) -> dict[str, torch.Tensor]:
+    data = read_json(path)
     controls = model.control_vertices
     if not isinstance(data, dict) or not data:
         raise InputError(path, "expected {region: [[dx, dy, dz], ...]}")
@@ -70,17 +64,12 @@ def _read_control(path: Path, model: RegionalModel) -> dict[str, torch.Tensor]:
 
 def run_edit(cfg: EditConfig) -> None:
     model = MorphableModel.load(cfg.model, device=cfg.device)
-    if not isinstance(model, RegionalModel):
-        raise InputError(cfg.model, f"holds a {model.family!r} model; editing needs a regional model")
-    if model.config.stage < 2:
-        raise InputError(cfg.model, "was trained in stage 1 only, so its control pathway is untrained; train stage 2 "
-                                    "from it first: neuralmorph train regional --init MODEL --model.stage 2 ...")
+    model.check_editable(str(cfg.model))
     target = load_mesh(cfg.target)
     if len(target.vertices) != model.n_vertices:
         raise InputError(cfg.target, f"has {len(target.vertices)} vertices, the model's topology {model.n_vertices}")
     with torch.no_grad():
-        unedited = model.decode(model.encode(torch.tensor(target.vertices[None], dtype=torch.float32,
-                                                             device=model.device)))[0].double().cpu().numpy()
+        unedited = model.edit(target.vertices, {}).double().cpu().numpy()  # no displacements: the reconstruction
         if cfg.resample_region is not None:
             edited = model.resample_region(target.vertices, cfg.resample_region, seed=cfg.seed, temperature=cfg.temperature)
             what = f"resampled region {cfg.resample_region!r}"

@@ -1,9 +1,8 @@
-"""`neuralmorph fit`: fit a trained model to a file — a registered mesh, a raw scan or a point cloud.
-
-Mesh families (pca, regional) fit one head through the loop in `loop.py`. Implicit families fit one
-subject's observations — a point cloud or mesh, a folder of them, or a depth-sequence folder — with
-`neuralmorph.fitting.implicit` (one identity, one expression per observation) and write one mesh per
-observation.
+"""`neuralmorph fit`: fit a trained model to a file — a registered mesh, a raw scan or a point cloud —
+or to a folder of observations of one subject (clouds, or a depth sequence), through
+`fitting.fit_observation`. One file gives fit.ply; a folder one fit_NNN.ply per observation. The
+metrics are computed here: the evaluation protocol against a target mesh, or the observed points'
+distance to their fitted mesh.
 """
 
 from __future__ import annotations
@@ -14,18 +13,16 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import torch
 
 from neuralmorph.atomic import atomic_dir, write_json
+from neuralmorph.data.observations import Observation, load_target
 from neuralmorph.errors import InputError
 from neuralmorph.evaluation.protocol import Protocol, evaluate
-from neuralmorph.fitting.loop import FitConfig, FitResult, fit, fit_registered, initial_pose
-from neuralmorph.fitting.terms import LandmarkTerm, PointToSurfaceTerm
-from neuralmorph.frame import Similarity
+from neuralmorph.fitting import FitConfig, FitResult, fit_observation
+from neuralmorph.fitting.implicit import ImplicitFitConfig
+from neuralmorph.geometry.distance import distance_to_mesh
 from neuralmorph.geometry.mesh import Mesh, load_mesh, load_points, save_mesh
 from neuralmorph.geometry.sampling import sample_surface
-from neuralmorph.fitting.implicit import ImplicitFitConfig, fit_depth_sequence, fit_point_clouds, observed_to_mesh_mm
-from neuralmorph.data.observations import load_target
 from neuralmorph.models.base import MorphableModel
 from neuralmorph.models.latents import save_latents
 
@@ -40,8 +37,9 @@ class FitCommand:
     """Mesh or point cloud to fit (.ply/.obj/.off/.stl, .xyz/.npy). Implicit models also take a folder of
     them (observations of one subject) or a depth-sequence folder (camera.json + depth images)."""
     out: Path
-    """Output folder: fit.ply (in the target's coordinates), latents.json, metrics.json; implicit models
-    write fit_000.ply ... (one per observation) and fit_000.latents.json ... instead of fit.ply."""
+    """Output folder: for one target file fit.ply (in the target's coordinates), latents.json and
+    metrics.json; for a folder of observations or a depth sequence fit_000.ply, fit_000.latents.json, ...
+    (one per observation), latents.json and metrics.json."""
     kind: Literal["auto", "registered", "points"] = "auto"
     """registered: the target shares the model's topology (exact closed form); points: fit the surface
     to the target's points; auto: registered when vertex count and triangles match."""
@@ -61,110 +59,80 @@ class FitCommand:
     """Implicit families: code-fitting weights, schedules, alignment and meshing (docs/implicit_fitting.md)."""
 
 
-def fit_target(model: MorphableModel, target: Mesh, kind: str = "auto", landmarks: np.ndarray | None = None,
-               n_points: int = 10_000, landmark_weight: float = 0.1, config: FitConfig = FitConfig(),
-               seed: int = 0, progress: bool = False) -> tuple[FitResult, str]:
-    """Fit `model` to `target` (mm); returns the result and the kind of fit that ran."""
-    registered = (not target.is_point_cloud and len(target.vertices) == model.n_vertices
-                  and np.array_equal(target.faces, model.faces.cpu().numpy()))
-    if kind == "registered" and not registered:
-        raise InputError("target", f"is not in the model's topology ({len(target.vertices)} vertices); use --kind points")
-    if kind == "registered" or (kind == "auto" and registered):
-        if hasattr(model, "project_rigid"):  # linear families: exact closed form
-            return fit_registered(model, target.vertices), "registered"
-        # autoencoders: encode, then refine the latents against every vertex
-        latents = model.refine(target.vertices, steps=config.steps, lr=config.lr)
-        with torch.no_grad():
-            fitted = model.decode(latents)[0].double().cpu().numpy()
-        return FitResult(latents, Similarity(), fitted, []), "registered"
-    if target.is_point_cloud:
-        points = target.vertices
-    else:
-        points, _, _ = sample_surface(target.vertices, target.faces, n_points, seed)
-    pose = initial_pose(model, landmarks=landmarks, points=None if landmarks is not None else points)
-    terms = [PointToSurfaceTerm(torch.tensor(points, dtype=torch.float32, device=model.device), model.faces)]
-    if landmarks is not None:
-        terms.append(LandmarkTerm(model.landmark_ids, torch.as_tensor(landmarks, dtype=torch.float32, device=model.device),
-                                  weight=landmark_weight))
-    return fit(model, terms, config, init_pose=pose, progress=progress), "points"
+def load_observation(cfg: FitCommand, model: MorphableModel) -> Observation:
+    """The fit's target as an observation of the kind the flags and the file call for."""
+    landmarks = load_points(cfg.landmarks, cfg.units)[0] if cfg.landmarks else None
+    path = Path(cfg.target)
+    if path.is_dir():
+        if cfg.kind == "registered":
+            raise InputError("--kind", f"{cfg.target} is a folder; a registered fit takes one mesh")
+        target = load_target(path, cfg.units, mesh_points=cfg.n_points, seed=cfg.implicit.seed)
+        return Observation(target.kind, target.names, target.clouds, target.frames, landmarks)
+    mesh = load_mesh(path, units=cfg.units, allow_points=True)
+    registered = (not mesh.is_point_cloud and "registered" in model.fits and len(mesh.vertices) == model.n_vertices
+                  and np.array_equal(mesh.faces, model.faces.cpu().numpy()))
+    if cfg.kind == "registered" and not registered:
+        model.require_fit("registered", "--kind")
+        raise InputError("target", f"is not in the model's topology ({len(mesh.vertices)} vertices); use --kind points")
+    if cfg.kind == "registered" or (cfg.kind == "auto" and registered):
+        return Observation("registered", (path.name,), (mesh.vertices,), landmarks=landmarks)
+    points = mesh.vertices if mesh.is_point_cloud else \
+        sample_surface(mesh.vertices, mesh.faces, cfg.n_points, cfg.implicit.seed)[0]
+    return Observation("points", (path.name,), (points,), landmarks=landmarks)
 
 
-def is_implicit(model: MorphableModel) -> bool:
-    """Whether `model` is a signed-distance family (fitted by `neuralmorph.fitting.implicit`)."""
-    return model.family.startswith("implicit")
+def observation_metrics(observation: Observation, result: FitResult, target: Mesh | None) -> dict:
+    """The evaluation protocol's metrics of the fit against the target mesh (single observations), or
+    per observation the one-sided distance of its points to its fitted mesh (mm)."""
+    if target is not None:
+        return evaluate(result.meshes[0], target, Protocol(kind="points", n_points=100_000))
+    rows = []
+    for i, (name, cloud, mesh) in enumerate(zip(observation.names, observation.clouds, result.meshes)):
+        d = distance_to_mesh(cloud, mesh.vertices, mesh.faces)
+        rows.append({"name": name, "mesh": f"fit_{i:03d}.ply", "points": len(cloud),
+                     "observed_to_fit_mm": {"mean": float(d.mean()), "median": float(np.median(d)),
+                                            "p95": float(np.percentile(d, 95)), "rms": float(np.sqrt((d**2).mean()))},
+                     **result.observation_diagnostics(i)})
+    return {"observations": rows}
 
 
-def run_implicit_fit(cfg: FitCommand, model: MorphableModel) -> dict:
-    """`fit` for implicit families: every observation of the target, one mesh each. Returns metrics.json's content."""
-    start = time.perf_counter()
-    if cfg.kind == "registered":
-        raise InputError("--kind", "implicit models have no registered topology; use --kind points or auto")
-    if cfg.landmarks is not None:
-        raise InputError("--landmarks", "implicit models are aligned by ICP; use --implicit.align instead")
-    target = load_target(cfg.target, cfg.units, mesh_points=cfg.n_points, seed=cfg.implicit.seed)
-    if target.kind == "depth":
-        result = fit_depth_sequence(model, target.frames, cfg.implicit, progress=True)
-    else:
-        result = fit_point_clouds(model, target.clouds, cfg.implicit, progress=True)
-    observations = []
-    for i, (name, cloud, mesh) in enumerate(zip(target.names, target.clouds, result.meshes)):
-        d = observed_to_mesh_mm(cloud, mesh)
-        observations.append({
-            "name": name, "mesh": f"fit_{i:03d}.ply", "points": len(cloud),
-            "observed_to_fit_mm": {"mean": float(d.mean()), "median": float(np.median(d)),
-                                   "p95": float(np.percentile(d, 95)), "rms": float(np.sqrt((d**2).mean()))},
-            "converged_fraction": result.converged_per_observation[i],
-        })
-    identity = result.latents["identity"]
-    expressions = result.latents["expression"]
-    pose = result.pose.as_dict()
-    metrics = {
-        "observations": observations,
-        "fit": {"kind": f"implicit-{target.kind}", "family": model.family, "observations": len(observations),
-                "seconds": time.perf_counter() - start, "fit_seconds": result.fit_seconds,
-                "mesh_seconds": result.mesh_seconds, "converged_fraction": result.converged_fraction,
-                "final_loss": result.history[-1] if result.history else None, "pose": pose,
-                "config": asdict(cfg.implicit)},
-    }
-    with atomic_dir(cfg.out) as tmp:
-        for i, mesh in enumerate(result.meshes):
-            save_mesh(tmp / f"fit_{i:03d}.ply", mesh)
-            # each observation's own pose: its head pose (config.head_pose) on top of the shared one
-            save_latents(tmp / f"fit_{i:03d}.latents.json", model,
-                         {"identity": identity, "expression": expressions[i:i + 1]},
-                         pose=result.observation_poses[i].as_dict(), observation=target.names[i])
-        # latents.json: the first observation as a standard latents file (what `sample`/`transfer` read),
-        # plus every observation's expression code
-        save_latents(tmp / "latents.json", model, {"identity": identity, "expression": expressions[:1]}, pose=pose,
-                     fit_kind=f"implicit-{target.kind}",
-                     observations=[{"name": n, "expression": e.tolist()}
-                                   for n, e in zip(target.names, expressions.cpu())])
-        write_json(tmp / "metrics.json", metrics)
-    dists = [o["observed_to_fit_mm"]["mean"] for o in observations]
-    print(f"fitted {len(observations)} observation(s) of {cfg.target} ({target.kind}): observed->fit mean "
-          f"{np.mean(dists):.3f} mm, root finding converged {result.converged_fraction:.1%}, "
-          f"in {time.perf_counter() - start:.1f} s -> {cfg.out}")
-    return metrics
-
-
-def run_fit(cfg: FitCommand) -> None:
+def run_fit(cfg: FitCommand) -> dict:
     start = time.perf_counter()
     model = MorphableModel.load(cfg.model, device=cfg.device)
-    if is_implicit(model):
-        run_implicit_fit(cfg, model)
-        return
-    target = load_mesh(cfg.target, units=cfg.units, allow_points=True)
-    landmarks = load_points(cfg.landmarks, cfg.units)[0] if cfg.landmarks else None
-    result, kind = fit_target(model, target, cfg.kind, landmarks, cfg.n_points, cfg.landmark_weight, cfg.fit,
-                              progress=True)
-    fitted = Mesh(result.vertices, model.faces.cpu().numpy())
-    metrics = evaluate(fitted, target, Protocol(kind="points", n_points=100_000))
+    observation = load_observation(cfg, model)
+    model.require_fit(observation.kind)
+    result = fit_observation(model, observation, cfg.fit, cfg.implicit, cfg.landmark_weight, progress=True)
+    single = not Path(cfg.target).is_dir()  # one file, one fitted head: fit.ply; a folder: one per observation
+    target = load_mesh(cfg.target, units=cfg.units, allow_points=True) if single else None
+    metrics = observation_metrics(observation, result, target)
+    fit_info = {"kind": observation.kind, "family": model.family, "observations": len(result.meshes),
+                "seconds": time.perf_counter() - start, "pose": result.pose.as_dict(),
+                "config": asdict(cfg.fit) if model.geometry == "mesh" else asdict(cfg.implicit),
+                **result.diagnostics()}
     with atomic_dir(cfg.out) as tmp:
-        save_mesh(tmp / "fit.ply", fitted)
-        save_latents(tmp / "latents.json", model, result.latents, pose=result.pose.as_dict(), fit_kind=kind)
-        write_json(tmp / "metrics.json", {**metrics, "fit": {"kind": kind, "seconds": time.perf_counter() - start,
-                                                              "config": cfg.fit.__dict__}})
-    m = metrics["metrics"]
-    extra = f", vertex error {m['vertex_error_mm']:.3f} mm" if "vertex_error_mm" in m else ""
-    print(f"fitted {cfg.target} ({kind}): target->fit {m['completeness_mm']:.3f} mm{extra} "
-          f"in {time.perf_counter() - start:.1f} s -> {cfg.out}")
+        if single:
+            save_mesh(tmp / "fit.ply", result.meshes[0])
+            save_latents(tmp / "latents.json", model, result.latents, pose=result.pose.as_dict(), fit_kind=observation.kind)
+        else:
+            per_obs = [result.latents_of(i) for i in range(len(result.meshes))]
+            for i, mesh in enumerate(result.meshes):
+                save_mesh(tmp / f"fit_{i:03d}.ply", mesh)
+                # each observation's own pose (its head pose, if fitted, on top of the shared one)
+                save_latents(tmp / f"fit_{i:03d}.latents.json", model, per_obs[i],
+                             pose=result.observation_poses[i].as_dict(), observation=observation.names[i])
+            # latents.json: the first observation as a standard latents file (what `sample`/`transfer` read),
+            # plus every observation's own codes
+            save_latents(tmp / "latents.json", model, per_obs[0], pose=result.pose.as_dict(), fit_kind=observation.kind,
+                         observations=[{"name": n, **{k: v[0].tolist() for k, v in lat.items()}}
+                                       for n, lat in zip(observation.names, per_obs)])
+        write_json(tmp / "metrics.json", {**metrics, "fit": fit_info})
+    if target is not None:
+        m = metrics["metrics"]
+        extra = f", vertex error {m['vertex_error_mm']:.3f} mm" if "vertex_error_mm" in m else ""
+        print(f"fitted {cfg.target} ({observation.kind}): target->fit {m['completeness_mm']:.3f} mm{extra} "
+              f"in {time.perf_counter() - start:.1f} s -> {cfg.out}")
+    else:
+        dists = [o["observed_to_fit_mm"]["mean"] for o in metrics["observations"]]
+        print(f"fitted {len(dists)} observation(s) of {cfg.target} ({observation.kind}): observed->fit mean "
+              f"{np.mean(dists):.3f} mm in {time.perf_counter() - start:.1f} s -> {cfg.out}")
+    return metrics

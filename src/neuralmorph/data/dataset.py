@@ -58,6 +58,8 @@ class HeadDataset:
     region_weights: np.ndarray | None = None        # (N, R) float32, rows sum to 1
     frame: Frame = field(default_factory=Frame)
     extras: dict[str, np.ndarray] = field(default_factory=dict)  # generator-specific arrays, saved as-is
+    folder: Path | None = field(default=None, compare=False)  # where it was loaded from or saved to: raw
+                                                              # scan paths are relative to it
 
     def __post_init__(self):
         self.validate()
@@ -78,6 +80,14 @@ class HeadDataset:
     def landmarks(self, row: int) -> np.ndarray:
         """(L, 3) float32 landmark positions of registered head `row`, mm."""
         return self.vertices[row, self.landmark_ids]
+
+    def scan_path(self, head: Head) -> Path:
+        """The raw scan file of `head`; InputError when the dataset has no folder to find it in."""
+        if not head.scan:
+            raise InputError("dataset", f"head {head.subject}/{head.expression} has no raw scan")
+        if self.folder is None:
+            raise InputError("dataset", "lists raw scans but has no folder to read them from (load it with HeadDataset.load)")
+        return self.folder / head.scan
 
     def registered_rows(self, split: str | None = None) -> np.ndarray:
         """Rows of `vertices` in manifest order, optionally restricted to one split."""
@@ -131,6 +141,7 @@ class HeadDataset:
         """Write heads.safetensors and manifest.csv into `folder` (scans are written by their producer)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder
         if self.vertices is not None:
             arrays = {
                 "vertices": self.vertices.astype(np.float32),
@@ -159,7 +170,7 @@ class HeadDataset:
         heads = _read_manifest(manifest)
         heads_file = folder / HEADS_FILE
         if not heads_file.is_file():
-            return cls(heads)
+            return cls(heads, folder=folder)
         arrays, meta = load_arrays(heads_file)
         if meta.get("format") != FORMAT:
             raise InputError(heads_file, f"not a {FORMAT} file (format {meta.get('format')!r})")
@@ -176,6 +187,7 @@ class HeadDataset:
             region_weights=arrays.get("region_weights"),
             frame=Frame.from_dict(meta["frame"]) if "frame" in meta else Frame(),
             extras={k: v for k, v in arrays.items() if k not in known},
+            folder=folder,
         )
         ds.validate(str(folder))
         return ds

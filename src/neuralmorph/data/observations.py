@@ -25,14 +25,13 @@ Everything wrong with a target raises `InputError` naming the file and the probl
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Sequence
 
 import numpy as np
 
-from neuralmorph.atomic import atomic_file, write_json
+from neuralmorph.atomic import atomic_file, read_json, write_json
 from neuralmorph.errors import InputError
 from neuralmorph.geometry.camera import Camera
 from neuralmorph.geometry.mesh import MESH_SUFFIXES, POINT_SUFFIXES, UNITS_MM, load_mesh
@@ -102,18 +101,21 @@ class DepthFrame:
 
 
 @dataclass(frozen=True, eq=False)
-class FitTarget:
-    """A fitting target: observations of one subject.
+class Observation:
+    """What a fit starts from: observations of one subject, millimetres, in the observer's coordinates.
 
-    kind: "points" (independent observations, e.g. one scan per expression) or "depth" (an ordered
-    sequence of depth frames). names: (n,) observation names (file names). clouds: n arrays (P_i, 3)
-    float64 mm. frames: the depth frames for kind "depth", else empty.
+    kind: "registered" (one mesh in a model's topology: `clouds[0]` are its vertices (N, 3)), "points"
+    (independent observations, e.g. one scan per expression) or "depth" (an ordered sequence of depth
+    frames, back-projected into `clouds`). names: (n,) observation names (file names). clouds: n arrays
+    (P_i, 3) float64 mm. frames: the depth frames for kind "depth", else empty. landmarks: (L, 3) float64
+    mm in the model's landmark order, when known (mesh families align with them).
     """
 
-    kind: Literal["points", "depth"]
+    kind: Literal["registered", "points", "depth"]
     names: tuple[str, ...]
     clouds: tuple[np.ndarray, ...]
     frames: tuple[DepthFrame, ...] = ()
+    landmarks: np.ndarray | None = None
 
 
 def load_cloud(path: str | Path, units: str = "mm", mesh_points: int = 10_000, seed: int = 0) -> np.ndarray:
@@ -179,10 +181,7 @@ def load_depth_sequence(folder: str | Path) -> list[DepthFrame]:
     spec_path = folder / SEQUENCE_FILE
     if not spec_path.is_file():
         raise InputError(folder, f"not a depth sequence (no {SEQUENCE_FILE})")
-    try:
-        spec = json.loads(spec_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(spec_path, f"not valid JSON: {exc}") from None
+    spec = read_json(spec_path)
     if not isinstance(spec, dict):
         raise InputError(spec_path, "must hold a JSON object")
     if spec.get("format", SEQUENCE_FORMAT) != SEQUENCE_FORMAT:
@@ -241,7 +240,7 @@ def write_depth_sequence(folder: str | Path, frames: Sequence[DepthFrame], png: 
     write_json(folder / SEQUENCE_FILE, {"format": SEQUENCE_FORMAT, "units": "mm", "depth_scale": 1.0, "frames": entries})
 
 
-def load_target(path: str | Path, units: str = "mm", mesh_points: int = 10_000, seed: int = 0) -> FitTarget:
+def load_target(path: str | Path, units: str = "mm", mesh_points: int = 10_000, seed: int = 0) -> Observation:
     """Read a fitting target: a point-cloud/mesh file, a folder of them, or a depth-sequence folder.
 
     units: of point-cloud and mesh files (depth sequences declare their own in camera.json).
@@ -257,13 +256,13 @@ def load_target(path: str | Path, units: str = "mm", mesh_points: int = 10_000, 
                 if len(pts) == 0:
                     raise InputError(fr.name, "no valid depth pixels (every value is 0 or NaN)")
                 clouds.append(pts)
-            return FitTarget("depth", tuple(Path(f.name).name for f in frames), tuple(clouds), tuple(frames))
+            return Observation("depth", tuple(Path(f.name).name for f in frames), tuple(clouds), tuple(frames))
         files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in CLOUD_SUFFIXES
                        and not p.name.startswith("."))
         if not files:
             raise InputError(path, f"holds no point clouds ({', '.join(CLOUD_SUFFIXES)}) and no {SEQUENCE_FILE}")
         clouds = tuple(load_cloud(f, units, mesh_points, seed + i) for i, f in enumerate(files))
-        return FitTarget("points", tuple(f.name for f in files), clouds)
+        return Observation("points", tuple(f.name for f in files), clouds)
     if not path.exists():
         raise InputError(path, "target not found")
-    return FitTarget("points", (path.name,), (load_cloud(path, units, mesh_points, seed),))
+    return Observation("points", (path.name,), (load_cloud(path, units, mesh_points, seed),))

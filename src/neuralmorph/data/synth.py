@@ -150,4 +150,5 @@ def synthesize(config: SynthConfig, model: HeadModel | None = None, progress: bo
             extras={f"synth.{k}": np.asarray(val, dtype=np.float64) for k, val in params.items()},
         )
         dataset.save(tmp)
+    dataset.folder = Path(config.out)  # saved in a temporary sibling, renamed into place
     return dataset

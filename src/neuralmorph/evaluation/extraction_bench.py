@@ -13,8 +13,8 @@ On a trained implicit model's average identity (the zero identity code):
   different field, NPHM's softmax over every anchor (K = 0), on the same trained weights.
 
 The model is used through a small contract (`MorphableModel.load(folder)` giving `frame`, `bounds`,
-`family`, `zero_latents(1)` and `canonical_field(identity, neighbours, all_members)`), so tests can pass any object
-that honours it.
+`family`, `geometry`, `has_anchors`, `zero_latents(1)` and `canonical_field(identity, neighbours,
+all_members)`), so tests can pass any object that honours it.
 """
 
 from __future__ import annotations
@@ -37,7 +37,14 @@ from neuralmorph.geometry.sampling import sample_surface
 from neuralmorph.models.implicit.extraction import (DEFAULT_CHUNK, evaluate_points, extract_coarse_to_fine,
                                              extract_dense)
 
-IMPLICIT_FAMILIES = ("implicit-global", "implicit-local")
+
+
+def sdf_families() -> list[str]:
+    """The registered signed-distance families."""
+    from neuralmorph.models import MODELS
+
+    return [name for name, cls in MODELS.items() if cls.geometry == "sdf"]
+
 AIMS = {"eval_ratio": 10.0, "speedup": 5.0, "chamfer_mm": 0.05, "sparse_speedup": 3.0, "sparse_max_abs_diff": 1e-4}
 """The issue's targets: ratios at least, chamfer and difference at most."""
 NEAR_SURFACE_MM = 2.0
@@ -146,8 +153,8 @@ def _machine(device: str) -> dict:
     return info
 
 
-def run_extraction_bench(cfg: ExtractionBenchConfig, model=None) -> dict:
-    """Run the benchmark, write cfg.out atomically, print a table, return the result dict.
+def bench_extraction(cfg: ExtractionBenchConfig, model=None) -> dict:
+    """Run the benchmark, write cfg.out atomically, return the result dict.
 
     model: an already loaded model honouring the contract above (tests); default: load cfg.model.
     Raises InputError("--model", ...) without a model, or with a model of a non-implicit family.
@@ -159,9 +166,10 @@ def run_extraction_bench(cfg: ExtractionBenchConfig, model=None) -> dict:
         from neuralmorph.models.base import MorphableModel
 
         model = MorphableModel.load(cfg.model, device=cfg.device)
-    family = getattr(model, "family", None)
-    if family not in IMPLICIT_FAMILIES:
-        raise InputError("--model", f"holds a {family!r} model; this benchmark needs one of {', '.join(IMPLICIT_FAMILIES)}")
+    family = model.family
+    if model.geometry != "sdf":
+        raise InputError("--model", f"holds a {family!r} model; this benchmark needs a signed-distance family "
+                                    f"({', '.join(sdf_families())})")
     mm_per_unit = float(model.frame.mm_per_unit)
     bounds = model.bounds.detach().cpu().double().numpy()
     identity = model.zero_latents(1)["identity"].to(cfg.device)
@@ -187,7 +195,7 @@ def run_extraction_bench(cfg: ExtractionBenchConfig, model=None) -> dict:
         "coarse_to_fine": {"evaluations": fine_stats.evaluations, "seconds": fine_s, "vertices": len(fine.vertices),
                            "faces": len(fine.faces), "method": fine_stats.method},
     }
-    if family == "implicit-local":
+    if model.has_anchors:
         sparse = _sparse(model, identity, dense, cfg, mm_per_unit)
         result.update(sparse_speedup=sparse["speedup"], sparse_max_abs_diff=sparse["max_abs_diff"],
                       sparse_max_abs_diff_unit="field units", sparse=sparse)
@@ -206,19 +214,5 @@ def run_extraction_bench(cfg: ExtractionBenchConfig, model=None) -> dict:
         config={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
     )
     write_json(cfg.out, result)
-    _print_table(result, cfg.out)
     return result
 
-
-def _print_table(r: dict, out: Path) -> None:
-    print(f"{'pass':16s}{'evaluations':>14s}{'median s':>12s}{'vertices':>11s}")
-    for name, key in (("dense", "dense"), ("coarse-to-fine", "coarse_to_fine")):
-        row = r[key]
-        print(f"{name:16s}{row['evaluations']:14d}{_median(row['seconds']):12.2f}{row['vertices']:11d}")
-    lines = [("eval_ratio", r["eval_ratio"], ">="), ("speedup", r["speedup"], ">="),
-             ("chamfer_mm", r["chamfer_mm"], "<="), ("sparse_speedup", r["sparse_speedup"], ">="),
-             ("sparse_max_abs_diff", r["sparse_max_abs_diff"], "<=")]
-    for name, value, sense in lines:
-        shown = "n/a" if value is None else f"{value:.4g}"
-        print(f"{name:22s}{shown:>12s}   aim {sense} {AIMS[name]:g}")
-    print(f"-> {out}")

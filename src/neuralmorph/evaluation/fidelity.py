@@ -2,26 +2,26 @@
 
 Data: the embedded generator's split (held-out identities with expressions).
 
-Mesh families (pca, regional) are trained on the train split at one latent size and reconstruct every
-test-split head from its registered mesh (PCA: the exact projection; autoencoders: encode, then refine).
+Families that fit registered meshes (pca, regional) are trained on the train split at one latent size
+and reconstruct every test-split head from its registered mesh (their `project`: PCA's exact
+projection; autoencoders encode, then refine).
 Scores are the evaluation protocol's, in mm: mean per-vertex error over all heads, and the points
 protocol (chamfer, F-scores, normal consistency) on a fixed subset.
 
-Implicit families (implicit-global, implicit-local) are trained on a smaller population with raw scans
-and fitted, NPHM's test protocol, to single-view 2,500-point clouds of held-out subjects (one identity
+The others (the implicit families) are trained on a smaller population with raw scans and fitted,
+NPHM's test protocol, to single-view 2,500-point clouds of held-out subjects (one identity
 and one expression per observation); their meshes are scored with the render protocol against the
 registered ground truth, full head and face region (`<metric>_face`).
 
-Families register a `Contender`; each returns its reconstructions (or its own scores) and what it cost.
+Every registered family takes part through the family contract: `for_benchmark` gives its config and
+trainer settings, `models.train.train_model` trains it, `fit_observation` / `project` reconstruct.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
-
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -32,7 +32,11 @@ from neuralmorph.data.synth import SynthConfig, synthesize
 from neuralmorph.errors import InputError
 from neuralmorph.evaluation.protocol import Protocol, evaluate
 from neuralmorph.geometry.mesh import Mesh
-from neuralmorph.models.pca import PCAConfig, PCAModel
+from neuralmorph.data.observations import Observation
+from neuralmorph.fitting import fit_observation
+from neuralmorph.fitting.implicit import ImplicitFitConfig
+from neuralmorph.models.base import MorphableModel, family_class
+from neuralmorph.models.train import train_model
 
 
 @dataclass(frozen=True)
@@ -52,19 +56,15 @@ class FidelityConfig:
     expressions: int = 6
     """Heads per identity."""
     local_fraction: float = 0.0
-    """The generator's share of independent local shape modifiers per identity. 0 (the default here)
-    keeps identity variation low-dimensional and non-linear (phenotype blending) with non-linear
-    expressions (jaw and neck skinning); the generator's own default (0.3) adds ~150 independent sparse
-    linear bumps that no 32-d model can compress (measured in docs/benchmarks.md), which would measure
-    the data's rank rather than the families."""
+    """The generator's share of independent local shape modifiers per identity (0: identities are
+    phenotype blends only; the generator's own default is 0.3; docs/benchmarks.md says why 0 here)."""
     train_steps: int | None = None
     """Optimiser steps of every trained family (default: 1,500 with --quick, 6,000 otherwise)."""
     implicit_subjects: int | None = None
     """Implicit families: identities of their scan population (default: 12 with --quick, 40 otherwise)."""
     implicit_local_fraction: float = 0.0
-    """Implicit families: the generator's `local_fraction` of their scan population. 0: every identity is
-    a blend of five phenotype sliders, a single global code's ideal case; 0.3 (the generator's default)
-    adds detail that varies region by region, NPHM's case for a local ensemble (docs/benchmarks.md has both)."""
+    """Implicit families: the generator's `local_fraction` of their scan population (0: phenotype blends
+    only; 0.3: detail that varies region by region)."""
     implicit_expressions: int = 3
     """Implicit families: heads per identity (the first neutral); each test head is one observation."""
     implicit_test_subjects: int | None = None
@@ -87,9 +87,10 @@ class FidelityConfig:
     """Keep the data and trained models here (default: next to --out)."""
 
     def __post_init__(self):
-        unknown = [f for f in self.families if f not in CONTENDERS]
-        if unknown or not self.families:
-            raise InputError("--families", f"unknown or no families {unknown} (known: {', '.join(CONTENDERS)})")
+        if not self.families:
+            raise InputError("--families", "name at least one family")
+        for name in self.families:
+            family_class(name, "--families")
         if self.latent_size < 2:
             raise InputError("--latent-size", f"must be at least 2 (PCA splits it in two), got {self.latent_size}")
         if not 0.0 <= self.local_fraction <= 1.0:
@@ -118,76 +119,47 @@ class FidelityConfig:
         return given if given is not None else (quick if self.quick else full)
 
 
-@dataclass(frozen=True)
-class Reconstruction:
-    vertices: np.ndarray | None   # (H, N, 3) float64 mm, one per test head (registered families)
-    info: dict                    # what it took: latent sizes, parameters, seconds
-    metrics: dict | None = None   # families that reconstruct surfaces, not vertices, score themselves
-
-
-Contender = Callable[[HeadDataset, FidelityConfig, Path], Reconstruction]
-CONTENDERS: dict[str, Contender] = {}
-
-
-def contender(name: str):
-    """Decorator: add a family to the benchmark."""
-    def wrap(fn: Contender) -> Contender:
-        CONTENDERS[name] = fn
-        return fn
-    return wrap
-
-
 def _test_vertices(data: HeadDataset) -> torch.Tensor:
     return torch.as_tensor(data.vertices[data.registered_rows("test")])
 
 
-@contender("pca")
-def _pca(data: HeadDataset, cfg: FidelityConfig, work: Path) -> Reconstruction:
+def _train(family: type[MorphableModel], data: HeadDataset, cfg: FidelityConfig, steps: int, work: Path):
+    """Train `family` at the benchmark's settings in a fresh work/FAMILY_run (a trainable family's
+    checkpoints are never overwritten: the old run goes first)."""
+    import shutil
+
+    config, trainer = family.for_benchmark(cfg.latent_size)
+    run = work / f"{family.family}_run"
+    if trainer is not None:
+        trainer = replace(trainer, max_steps=steps, checkpoint_every=0, val_every=0, seed=cfg.seed,
+                          device=cfg.device, tensorboard=False)
+        if run.exists():
+            shutil.rmtree(run)
+    else:
+        run = work / family.family
+    return train_model(family, data, config, run, trainer=trainer, progress=False)
+
+
+def _registered(family: type[MorphableModel], data: HeadDataset, cfg: FidelityConfig, work: Path) -> tuple[np.ndarray, dict]:
+    """Train on the train split at one latent size; reconstruct every test head from its registered mesh."""
     start = time.perf_counter()
-    half = cfg.latent_size // 2
-    model = PCAModel.from_dataset(data, PCAConfig(half, cfg.latent_size - half))
-    model.save(work / "pca")
-    with torch.no_grad():
-        test = _test_vertices(data)
-        recon = model.decode(model.project(test)).double().numpy()
-    return Reconstruction(recon, {"latent_sizes": model.latent_sizes, "parameters": 0,
-                                  "seconds": time.perf_counter() - start})
-
-
-@contender("regional")
-def _regional(data: HeadDataset, cfg: FidelityConfig, work: Path) -> Reconstruction:
-    from neuralmorph.models.regional.model import RegionalConfig, RegionalModel, RegionalTrainData
-    from neuralmorph.training import TrainerConfig, train
-
-    start = time.perf_counter()
-    model = RegionalModel.build(data, RegionalConfig(latent_size=cfg.latent_size), seed=cfg.seed)
-    steps = cfg.steps
-    # lr 3e-4: the embeddings start from a per-region PCA, which a larger step size throws away (measured:
-    # 1e-3 climbs from 0.53 to 1.55 mm in the first 250 steps and has not recovered by step 500).
-    trainer = TrainerConfig(max_steps=steps, batch_size=32, lr=3e-4, weight_decay=0.01, checkpoint_every=0, val_every=0,
-                            seed=cfg.seed, device=cfg.device, tensorboard=False)
-    run = work / "regional_run"
-    if run.exists():  # a fresh run each time: the trainer refuses to overwrite checkpoints
-        import shutil
-
-        shutil.rmtree(run)
-    model = train(model, RegionalTrainData(data, "train"), trainer, run, progress=False).eval()
-    model.fit_prior(data)
-    model.save(run / "model")  # what the numbers came from, for `neuralmorph evaluate` / the benchmarks
+    trained = _train(family, data, cfg, cfg.steps, work)
+    model = trained.model.eval()
     trained_s = time.perf_counter() - start
-    test = _test_vertices(data)
-    chunks = test.split(64)  # heads are refined together, a chunk at a time
-    recon = np.concatenate([model.decode(model.refine(c, steps=cfg.refine_steps)).detach().double().cpu().numpy()
-                            for c in tqdm(chunks, desc="regional: encode + refine", unit="chunk", leave=False)])
-    params = sum(p.numel() for p in model.parameters())
-    return Reconstruction(recon, {"latent_sizes": model.latent_sizes, "parameters": int(params),
-                                  "train_steps": steps, "train_seconds": trained_s,
-                                  "reconstruction": f"encode, then {cfg.refine_steps} steps of latent refinement (mean vertex distance)",
-                                  "seconds": time.perf_counter() - start})
+    test = _test_vertices(data).to(model.device)
+    latents = model.project(test, steps=cfg.refine_steps)
+    with torch.no_grad():
+        recon = model.decode(latents).double().cpu().numpy()
+    info = {"latent_sizes": model.latent_sizes, "parameters": model.parameter_count(),
+            "reconstruction": model.projection + (f" ({cfg.refine_steps} steps)" if family.trainable else ""),
+            "seconds": time.perf_counter() - start}
+    if family.trainable:
+        info.update(train_steps=cfg.steps, train_seconds=trained_s)
+    return recon, info
 
 
 def _implicit_data(cfg: FidelityConfig, work: Path) -> HeadDataset:
-    """The implicit families' population: fewer identities, with raw scans (shared by both families)."""
+    """The point-cloud families' population: fewer identities, with raw scans (shared by those families)."""
     folder = work / "implicit_data"
     spec = {"subjects": cfg.implicit("subjects"), "expressions": cfg.implicit_expressions, "seed": cfg.seed,
             "local_fraction": cfg.implicit_local_fraction}
@@ -199,33 +171,15 @@ def _implicit_data(cfg: FidelityConfig, work: Path) -> HeadDataset:
     return data
 
 
-def _implicit(family: str, data: HeadDataset, cfg: FidelityConfig, work: Path) -> Reconstruction:
-    """Train an implicit family on scans, fit single-view clouds of held-out subjects, score the meshes."""
-    import shutil
-
+def _from_clouds(family: type[MorphableModel], cfg: FidelityConfig, work: Path) -> dict:
+    """Train on scans, fit single-view clouds of held-out subjects, score the meshes (NPHM's protocol)."""
     from neuralmorph.data.head_model import HeadModel
     from neuralmorph.data.observe import single_view_points
-    from neuralmorph.fitting.implicit import ImplicitFitConfig, fit_point_clouds
-    from neuralmorph.models.implicit.model import (ImplicitGlobalConfig, ImplicitGlobalModel, ImplicitLocalConfig,
-                                            ImplicitLocalModel)
-    from neuralmorph.training import TrainerConfig, train
 
     start = time.perf_counter()
     scans = _implicit_data(cfg, work)
-    if family == "implicit-local":
-        klass, config = ImplicitLocalModel, ImplicitLocalConfig()
-    else:
-        # widened so its SDF network has about as many parameters as the local ensemble (comparable size)
-        klass, config = ImplicitGlobalModel, ImplicitGlobalConfig(sdf_hidden=IMPLICIT_GLOBAL_HIDDEN)
-    model, samples = klass.build(scans, config, root=work / "implicit_data", split="train", seed=cfg.seed)
-    run = work / f"{family}_run"
-    if run.exists():  # a fresh run each time: the trainer refuses to overwrite checkpoints
-        shutil.rmtree(run)
-    trainer = TrainerConfig(max_steps=cfg.implicit("steps"), batch_size=4, lr=2e-3, checkpoint_every=0, val_every=0,
-                            seed=cfg.seed, device=cfg.device, tensorboard=False)
-    model = train(model, samples, trainer, run, progress=False).eval()
-    model.fit_prior()
-    model.save(run / "model")  # what the numbers came from, for `bench extraction` and benchmarks/
+    trained = _train(family, scans, cfg, cfg.implicit("steps"), work)
+    model = trained.model.eval()
     trained_s = time.perf_counter() - start
 
     faces = scans.faces
@@ -236,46 +190,33 @@ def _implicit(family: str, data: HeadDataset, cfg: FidelityConfig, work: Path) -
     test_subjects = sorted({h.subject for h in scans.heads if h.split == "test"})[:cfg.implicit("test_subjects")]
     rows, fit_s = [], []
     rng = np.random.default_rng(cfg.seed)
-    for subject in tqdm(test_subjects, desc=f"{family}: fit", unit="subject", leave=False):
+    for subject in tqdm(test_subjects, desc=f"{family.family}: fit", unit="subject", leave=False):
         idx = [h.registered for h in scans.heads if h.subject == subject and h.registered >= 0]
-        clouds = [single_view_points(scans.vertices[i], faces, rng)[0] for i in idx]
-        result = fit_point_clouds(model, clouds, fit_cfg)
-        fit_s.append(result.seconds)
+        clouds = tuple(single_view_points(scans.vertices[i], faces, rng)[0] for i in idx)
+        t0 = time.perf_counter()
+        result = fit_observation(model, Observation("points", tuple(map(str, idx)), clouds), implicit=fit_cfg)
+        fit_s.append(time.perf_counter() - t0)
         for i, mesh in zip(idx, result.meshes):
             m = evaluate(mesh, Mesh(scans.vertices[i].astype(np.float64), faces), IMPLICIT_PROTOCOL,
                          regions=regions)["metrics"]
             rows.append({k.replace("face/", "") + ("_face" if k.startswith("face/") else ""): v for k, v in m.items()})
     metrics = {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0]}
-    counts = model.parameter_counts()
-    info = {"latent_sizes": model.latent_sizes, "parameters": counts["field"] + counts["deformation"],
-            "parameter_counts": counts, "train_steps": trainer.max_steps, "train_seconds": trained_s,
-            "train_subjects": len(samples.subjects), "local_fraction": cfg.implicit_local_fraction,
-            "test_subjects": test_subjects, "observations": len(rows),
+    info = {"latent_sizes": model.latent_sizes, "parameters": model.parameter_count(),
+            "parameter_counts": model.parameter_counts(), "train_steps": cfg.implicit("steps"), "train_seconds": trained_s,
+            "train_subjects": len({h.subject for h in scans.heads if h.split == "train"}),
+            "local_fraction": cfg.implicit_local_fraction, "test_subjects": test_subjects, "observations": len(rows),
             "fit_seconds_per_subject": float(np.median(fit_s)),
             "reconstruction": f"single-view 2,500-point clouds, {cfg.implicit_fit_steps} fitting steps per subject "
                               "(a head pose per observation), "
                               f"meshes at {cfg.implicit_mesh_resolution}³, render protocol with a 20 mm neck cut",
             "protocol": IMPLICIT_PROTOCOL.as_dict(),
             "seconds": time.perf_counter() - start}
-    return Reconstruction(None, info, metrics)
+    return metrics, info
 
 
 IMPLICIT_PROTOCOL = Protocol(kind="render", neck_cut_mm=20.0)
 """NPHM's render protocol with its neck cut: the registered ground truth is an open tube at the neck and
 an SDF must close it somewhere; points less than 20 mm above the ground truth's lowest vertex are not scored."""
-
-IMPLICIT_GLOBAL_HIDDEN = 240
-"""SDF width of the global family in this benchmark: 5 × 240 has about the local ensemble's field size."""
-
-
-@contender("implicit-global")
-def _implicit_global(data: HeadDataset, cfg: FidelityConfig, work: Path) -> Reconstruction:
-    return _implicit("implicit-global", data, cfg, work)
-
-
-@contender("implicit-local")
-def _implicit_local(data: HeadDataset, cfg: FidelityConfig, work: Path) -> Reconstruction:
-    return _implicit("implicit-local", data, cfg, work)
 
 
 def score(recon: np.ndarray, truth: np.ndarray, faces: np.ndarray, protocol_rows: np.ndarray,
@@ -292,7 +233,8 @@ def score(recon: np.ndarray, truth: np.ndarray, faces: np.ndarray, protocol_rows
     return metrics
 
 
-def run_fidelity(cfg: FidelityConfig) -> dict:
+def bench_fidelity(cfg: FidelityConfig) -> dict:
+    """Run the benchmark, write cfg.out, return {"models": {family: {metric: value}}, "protocol": {...}}."""
     from neuralmorph.data.head_model import HeadModel
 
     out = Path(cfg.out)
@@ -305,11 +247,12 @@ def run_fidelity(cfg: FidelityConfig) -> dict:
     regions = {"face": HeadModel.load().regions["face"]}
     results, infos = {}, {}
     for name in tqdm(cfg.families, desc="fidelity", unit="family"):
-        fn = CONTENDERS[name]
-        recon = fn(data, cfg, work)
-        results[name] = (recon.metrics if recon.metrics is not None
-                         else score(recon.vertices, truth, data.faces, protocol_rows, regions, cfg.seed))
-        infos[name] = recon.info
+        family = family_class(name, "--families")
+        if "registered" in family.fits:
+            recon, infos[name] = _registered(family, data, cfg, work)
+            results[name] = score(recon, truth, data.faces, protocol_rows, regions, cfg.seed)
+        else:
+            results[name], infos[name] = _from_clouds(family, cfg, work)
     report = {
         "models": results,
         "protocol": {"latent_size": cfg.latent_size, "quick": cfg.quick, "subjects": cfg.subjects,
@@ -320,10 +263,4 @@ def run_fidelity(cfg: FidelityConfig) -> dict:
                      "families": infos, "units": "mm"},
     }
     write_json(out, report)
-    keys = ("vertex_error_mm", "face/vertex_error_mm", "chamfer_l1_mm", "fscore@1mm", "chamfer_l1_mm_face",
-            "fscore@1mm_face")
-    print(f"{'family':16s}" + "".join(f"{k:>21s}" for k in keys))
-    for name, m in results.items():
-        print(f"{name:16s}" + "".join(f"{m[k]:21.3f}" if k in m else f"{'-':>21s}" for k in keys))
-    print(f"-> {out}")
     return report

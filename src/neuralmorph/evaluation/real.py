@@ -39,10 +39,10 @@ from neuralmorph.atomic import atomic_dir, write_json
 from neuralmorph.data.head_model import FACE_REGIONS
 from neuralmorph.errors import InputError
 from neuralmorph.evaluation.protocol import Protocol, evaluate
-from neuralmorph.fitting.loop import FitConfig, FitResult, fit, initial_pose
+from neuralmorph.fitting import FitConfig, FitResult, fit, initial_pose
 from neuralmorph.fitting.terms import LandmarkTerm, PointToSurfaceTerm
 from neuralmorph.frame import umeyama
-from neuralmorph.geometry.distance import closest_points
+from neuralmorph.geometry.boundary import boundary_edges, neck_plane, on_boundary  # noqa: F401 (re-exported)
 from neuralmorph.geometry.mesh import Mesh
 from neuralmorph.geometry.sampling import sample_surface
 from neuralmorph.models.base import MorphableModel
@@ -109,91 +109,6 @@ class TargetFit:
 
 
 # ------------------------------------------------------------------------------------------ geometry
-
-
-def boundary_edges(faces: np.ndarray) -> np.ndarray:
-    """(E, 2) int64 sorted vertex pairs of the edges that belong to exactly one face (the open rims)."""
-    f = np.asarray(faces, dtype=np.int64)
-    e = np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]), axis=1)
-    uniq, count = np.unique(e, axis=0, return_counts=True)
-    return uniq[count == 1]
-
-
-def on_boundary(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray,
-                edges: np.ndarray | None = None, eps: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
-    """For each point, whether its closest point on the mesh lies on an open boundary, and the distance.
-
-    points (P, 3), vertices (V, 3), faces (F, 3). Returns on_rim (P,) bool and distances (P,) float64 mm.
-    The closest point is on the rim when it sits on a boundary edge (barycentric weight of the opposite
-    corner ~0) or on a boundary vertex.
-    """
-    v = np.asarray(vertices, dtype=np.float64)
-    f = np.asarray(faces, dtype=np.int64)
-    edges = boundary_edges(f) if edges is None else edges
-    closest, dist, fid = closest_points(points, v, f)
-    if len(edges) == 0 or len(points) == 0:
-        return np.zeros(len(points), bool), dist
-    tri = f[fid]
-    bary = _barycentric(closest, v[tri])
-    n = len(v)
-    keys = set((edges[:, 0] * n + edges[:, 1]).tolist())
-    rim_vertex = np.zeros(n, bool)
-    rim_vertex[edges.ravel()] = True
-    rim = np.zeros(len(points), bool)
-    for k in range(3):  # the edge opposite corner k, and corner k itself
-        a, b = tri[:, (k + 1) % 3], tri[:, (k + 2) % 3]
-        key = np.minimum(a, b) * n + np.maximum(a, b)
-        is_rim_edge = np.fromiter((int(x) in keys for x in key), bool, len(key))
-        rim |= (bary[:, k] < eps) & is_rim_edge
-        rim |= (bary[:, k] > 1.0 - eps) & rim_vertex[tri[:, k]]
-    return rim, dist
-
-
-def _barycentric(p: np.ndarray, tri: np.ndarray) -> np.ndarray:
-    """points (P, 3) on triangles (P, 3, 3) -> barycentric weights (P, 3), clipped to [0, 1]."""
-    a, b, c = tri[:, 0], tri[:, 1], tri[:, 2]
-    v0, v1, v2 = b - a, c - a, p - a
-    d00, d01, d11 = (v0 * v0).sum(1), (v0 * v1).sum(1), (v1 * v1).sum(1)
-    d20, d21 = (v2 * v0).sum(1), (v2 * v1).sum(1)
-    den = d00 * d11 - d01**2
-    den = np.where(np.abs(den) > 1e-300, den, 1.0)
-    w1 = (d11 * d20 - d01 * d21) / den
-    w2 = (d00 * d21 - d01 * d20) / den
-    return np.clip(np.stack([1.0 - w1 - w2, w1, w2], axis=1), 0.0, 1.0)
-
-
-def neck_plane(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """The plane of a head's neck cut: (point (3,), unit normal (3,) pointing into the head), or None.
-
-    Fitted (least squares) to the vertices of the longest open boundary loop; None for a closed mesh.
-    """
-    v = np.asarray(vertices, dtype=np.float64)
-    edges = boundary_edges(faces)
-    if len(edges) < 3:
-        return None
-    # connected components of the boundary edges; the largest is the neck loop
-    parent = np.arange(len(v))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for a, b in edges:
-        ra, rb = root(int(a)), root(int(b))
-        if ra != rb:
-            parent[ra] = rb
-    ids = np.unique(edges)
-    roots = np.array([root(int(i)) for i in ids])
-    labels, counts = np.unique(roots, return_counts=True)
-    loop = ids[roots == labels[np.argmax(counts)]]
-    pts = v[loop]
-    centre = pts.mean(axis=0)
-    normal = np.linalg.svd(pts - centre)[2][-1]
-    if np.dot(v.mean(axis=0) - centre, normal) < 0:
-        normal = -normal
-    return centre, normal
 
 
 def above_plane(points: np.ndarray, plane: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
@@ -509,65 +424,24 @@ def write_report(path: Path, summary: dict, fits: Sequence[TargetFit], n_render:
     report.write(path)
 
 
-# ------------------------------------------------------------------------------------------ CLI
+def write_real_evaluation(model_dir: Path, dataset: Literal["simpop", "james"], out: Path,
+                          settings: RealSettings = RealSettings(), cache: Path | None = None, max_faces: int = 45,
+                          renders: int = 3, device: str = "cpu", progress: bool = True) -> dict:
+    """Load the model in `model_dir`, fit it to `dataset`, score it and write out/metrics.json and
+    out/report.html (`renders` targets drawn); the folder appears complete or not at all.
 
-
-@dataclass(frozen=True)
-class RealEvalConfig:
-    """Fit a trained model to a public real data set (SIMPOP faces or the james scan) and score it."""
-
-    model: Path
-    """Model folder (from `neuralmorph train`)."""
-    dataset: Literal["simpop", "james"]
-    """simpop: the 45 SIMPOP face masks (first --max-faces); james: menpo3d's head-and-shoulders scan."""
-    out: Path
-    """Output folder: metrics.json and report.html."""
-    max_faces: int = 45
-    """SIMPOP subset size (the first N faces)."""
-    n_points: int = 10_000
-    """Points drawn from each target surface for the fit."""
-    landmark_weight: float = 0.1
-    """Weight of the landmark term in the fit."""
-    protocol: Literal["render", "points"] = "render"
-    """Evaluation sampling: render (NPHM's visible-surface protocol; ignores the model's mouth and eye
-    pockets) or points (area-weighted samples of the cropped surfaces)."""
-    eval_points: int = 100_000
-    """Points per surface in the evaluation protocol."""
-    renders: int = 3
-    """Targets drawn in the report."""
-    device: str = "cpu"
-    """Torch device, e.g. cuda."""
-    fit: FitConfig = field(default_factory=FitConfig)
-    """The fitting loop's weights and schedule."""
-    cache: Path | None = None
-    """Data cache root; default $NEURALMORPH_CACHE, else ~/.cache/neuralmorph."""
-
-    def __post_init__(self):
-        if self.max_faces < 1 or self.n_points < 10 or self.eval_points < 1 or self.renders < 0:
-            raise InputError("--max-faces/--n-points/--eval-points/--renders",
-                             "must be >= 1, >= 10, >= 1 and >= 0")
-        if self.landmark_weight < 0:
-            raise InputError("--landmark-weight", f"must be >= 0, got {self.landmark_weight}")
-
-
-def run_real_eval(cfg: RealEvalConfig) -> dict:
-    """`neuralmorph evaluate-real`: fit, score, write out/metrics.json and out/report.html."""
+    Returns the summary (see `summarize`), its protocol block with the wall time and the device. Stops
+    with an InputError before any work when the data set was not fetched.
+    """
     start = time.perf_counter()
-    targets, name = _targets(cfg.dataset, cfg.cache, cfg.max_faces)  # InputError before any work if not fetched
-    model = MorphableModel.load(cfg.model, device=cfg.device)
-    settings = RealSettings(n_points=cfg.n_points, landmark_weight=cfg.landmark_weight, fit=cfg.fit,
-                            protocol=Protocol(kind=cfg.protocol, n_points=cfg.eval_points))
-    fits = fit_targets(model, targets, settings, progress=True, desc=f"fit {name}")
+    targets, name = _targets(dataset, cache, max_faces)  # InputError before any work if not fetched
+    model = MorphableModel.load(model_dir, device=device)
+    fits = fit_targets(model, targets, settings, progress=progress, desc=f"fit {name}")
     summary = summarize(fits, settings, name, model)
     seconds = time.perf_counter() - start
     summary["protocol"]["wall_seconds"] = seconds
-    summary["protocol"]["device"] = cfg.device
-    out = Path(cfg.out)
-    with atomic_dir(out) as tmp:  # the folder appears complete or not at all
+    summary["protocol"]["device"] = device
+    with atomic_dir(Path(out)) as tmp:  # the folder appears complete or not at all
         write_json(tmp / "metrics.json", summary)
-        write_report(tmp / "report.html", summary, fits, n_render=cfg.renders, seconds=seconds)
-    m = summary["metrics"]
-    print(f"{name}: {len(fits)} targets, completeness {m['completeness_mm']:.2f} mm, accuracy "
-          f"{m['accuracy_mm']:.2f} mm, F@2.5mm {m['fscore@2.5mm']:.3f}, landmark error {m[LANDMARK_KEY]:.2f} mm "
-          f"in {seconds:.0f} s -> {out}")
+        write_report(tmp / "report.html", summary, fits, n_render=renders, seconds=seconds)
     return summary

@@ -38,26 +38,23 @@ from typing import Iterator, Literal, Sequence
 
 import numpy as np
 import torch
-from scipy.spatial import cKDTree
 from tqdm import tqdm
 
 from neuralmorph.errors import InputError
-from neuralmorph.frame import Similarity, icp_similarity
-from neuralmorph.geometry.distance import closest_points
+from neuralmorph.fitting.align import align_points, average_head
+from neuralmorph.fitting.result import FitResult
+from neuralmorph.frame import Similarity
 from neuralmorph.geometry.mesh import Mesh
-from neuralmorph.geometry.sampling import sample_surface
+from neuralmorph.geometry.rotation import rotvec_to_matrix_torch
 from neuralmorph.data.observations import DepthFrame
+from neuralmorph.models.base import GaussianPrior, Latents
 from neuralmorph.models.implicit.roots import RootFinding, invert_deformation
 
-Latents = dict[str, torch.Tensor]
 
 
 REG_SCALE = 0.1
-"""A tenth of NPHM's fitting weights. A trained code of ours lies at squared distance ~0.1 (identity)
-and ~3 (expression) from the prior mean, in both families, so at NPHM's weights each regulariser cost
-about as much as 2 mm of mean surface error (~13 mm for the widest expression) and pulled fits of the
-training heads themselves away from their trained codes (face chamfer 2.41 mm from full-surface clouds
-without a head pose, 0.66 mm at the trained codes). A tenth of each weight: 0.70 mm (docs/implicit_fitting.md)."""
+"""The regularisers' weights as a fraction of NPHM's: our trained codes lie further from their prior
+means than NPHM's, and NPHM's weights pull fits away from them (docs/benchmarks.md, "Defaults and why")."""
 
 
 def _default_reg_weights() -> dict[str, tuple[float, ...]]:
@@ -103,9 +100,7 @@ class ImplicitFitConfig:
     observations_per_step: int = 4
     """Observations drawn per step (all of them when there are fewer; NPHM: 5)."""
     points_per_step: int = 300
-    """Points drawn per observation per step (with replacement only when the observation has fewer; NPHM: 1000).
-    300 fits as well as 500 did on the fidelity benchmark's 18 views (face chamfer within 0.03 mm, both
-    families) in about two thirds of the time."""
+    """Points drawn per observation per step (with replacement only when the observation has fewer; NPHM: 1000)."""
     surface_weight: float = 2.0
     """Weight of the truncated mean |SDF| data term (canonical units)."""
     truncation_mm: tuple[float, ...] = (25.0, 12.5, 1.9)
@@ -129,9 +124,10 @@ class ImplicitFitConfig:
     """Sequences: points per drawn frame used by the deformation smoothness term."""
     root_finding: RootFinding = field(default_factory=RootFinding)
     """Broyden inversion of forward deformations (iterations, tolerance, divergence limit)."""
-    align: bool = False
-    """First align the observations (all together) to the model's average head by ICP; off: they are
-    already in the model's frame (the dataset's millimetre coordinates), or a pose is passed in."""
+    align: bool = True
+    """First align the observations (all together) to the model's average head (`fitting/align.py`, the
+    same procedure as every other fit); off: they are already in the model's frame (the dataset's
+    millimetre coordinates), or a pose is passed in."""
     align_rotation: bool = True
     """Let the alignment rotate the observations (rigid ICP); off: translation only (orientation known)."""
     align_scale: bool = False
@@ -232,23 +228,29 @@ def _phase(at: Sequence[float], step: int, steps: int) -> int:
 
 
 @dataclass
-class ImplicitFitResult:
-    latents: Latents                       # identity (1, Ki), expression (n_obs, Ke) float32
-    pose: Similarity                       # model frame (mm) -> the target's coordinates (shared)
-    head_poses: list[Similarity]           # (n_obs) model frame -> model frame (mm): each head's own rigid
-                                           # motion (identity unless config.head_pose); mesh i = pose ∘ head i
-    meshes: list[Mesh]                     # (n_obs) fitted heads, mm, target coordinates
-    history: list[float]                   # total loss per step
-    terms: dict[str, list[float]]          # each loss term (unweighted) per step
-    kept_fraction: list[float]             # per step: drawn points that converged and passed the truncation
-    converged_fraction: float              # of every root-finding query during the fit (1 for backward models)
-    converged_per_observation: list[float]  # at the fitted codes, per observation (NaN when eval_points = 0)
-    fit_seconds: float
-    mesh_seconds: float
+class ImplicitFitResult(FitResult):
+    """`FitResult` plus the implicit fit's diagnostics. latents: identity (1, Ki), expression (n_obs, Ke);
+    pose: shared by every observation; meshes: one per observation, in the target's coordinates."""
+
+    head_poses: list[Similarity] = field(default_factory=list)  # (n_obs) model frame -> model frame (mm): each
+                                           # head's own rigid motion (identity unless config.head_pose); mesh i = pose ∘ head i
+    terms: dict[str, list[float]] = field(default_factory=dict)   # each loss term (unweighted) per step
+    kept_fraction: list[float] = field(default_factory=list)      # per step: drawn points that converged and passed the truncation
+    converged_fraction: float = 1.0        # of every root-finding query during the fit (1 for backward models)
+    converged_per_observation: list[float] = field(default_factory=list)  # at the fitted codes (NaN when eval_points = 0)
+    fit_seconds: float = 0.0
+    mesh_seconds: float = 0.0
 
     @property
     def seconds(self) -> float:
         return self.fit_seconds + self.mesh_seconds
+
+    def diagnostics(self) -> dict:
+        return {**super().diagnostics(), "fit_seconds": self.fit_seconds, "mesh_seconds": self.mesh_seconds,
+                "converged_fraction": self.converged_fraction}
+
+    def observation_diagnostics(self, i: int) -> dict:
+        return {"converged_fraction": self.converged_per_observation[i]}
 
     @property
     def observation_poses(self) -> list[Similarity]:
@@ -298,69 +300,6 @@ def canonical_points(model, posed: torch.Tensor, identity: torch.Tensor, express
     return (x, converged, jinv) if return_inverse else (x, converged)
 
 
-def _translation_icp(points: np.ndarray, tree: cKDTree, normals: np.ndarray, start: np.ndarray,
-                     iterations: int = 30, trim: float = 0.9) -> tuple[np.ndarray, float]:
-    """Trimmed point-to-plane ICP over a translation only.
-
-    points: (P, 3) float64 mm; tree: KD-tree of (S, 3) dense surface samples, normals: (S, 3) their unit
-    normals; start: (3,) initial translation. Returns the translation (3,) and the trimmed RMSE (mm).
-    """
-    t = np.asarray(start, np.float64).copy()
-    keep = max(3, int(round(trim * len(points))))
-    for _ in range(iterations):
-        dist, idx = tree.query(points + t)  # one thread: thread start-up costs more than these small queries
-        inl = np.argsort(dist, kind="stable")[:keep]
-        n = normals[idx[inl]]
-        r = np.einsum("ij,ij->i", points[inl] + t - tree.data[idx[inl]], n)
-        step, *_ = np.linalg.lstsq(n, -r, rcond=None)
-        t += step
-        if np.linalg.norm(step) < 1e-3:  # mm
-            break
-    dist, _ = tree.query(points + t)
-    return t, float(np.sqrt(np.mean(np.sort(dist)[:keep] ** 2)))
-
-
-def align_observations(model, clouds: Sequence[np.ndarray], config: ImplicitFitConfig = ImplicitFitConfig(),
-                       init: Similarity | None = None) -> Similarity:
-    """ICP of all observations together against the model's average head.
-
-    clouds: n arrays (P_i, 3) float mm in the target's coordinates; init: an initial target -> model
-    similarity. Without one the target is assumed roughly upright in the model's orientation (rotation
-    ICP's basin is about ±30°) but anywhere in space: a partial view's centroid lies inside the head, not
-    at its centre, so a translation-only ICP runs from the matched centroids and from six starts shifted
-    by a quarter of the head's extent along ±x, ±y, ±z, and the start that ends with the lowest trimmed
-    RMSE is kept. Then a rigid (or similarity, `align_scale`) ICP refines it, unless `align_rotation` is
-    off: then only the translation is refined, which is the robust choice when the orientation is known
-    (an upright camera) and the subject's head differs much from the average one.
-    Returns the target -> model-frame (mm) similarity.
-    """
-    with torch.no_grad():
-        avg = model.meshes(model.zero_latents(1), resolution=config.align_resolution)[0]
-    pts = np.concatenate([np.asarray(c, np.float64) for c in clouds])
-    rng = np.random.default_rng(config.seed)
-    if len(pts) > 20_000:  # plenty for 7 pose parameters; keeps the closest-point queries cheap
-        pts = pts[rng.choice(len(pts), 20_000, replace=False)]
-    if len(pts) < 7:
-        raise InputError("alignment", f"needs at least 7 observed points, got {len(pts)}")
-    # dense surface samples with normals: one KD-tree serves every translation-only iteration
-    surf, normals, _ = sample_surface(avg.vertices, avg.faces, 10_000, config.seed)
-    tree = cKDTree(surf)
-    if init is None:
-        few = pts[rng.choice(len(pts), min(len(pts), 1000), replace=False)]
-        lo, hi = avg.vertices.min(axis=0), avg.vertices.max(axis=0)
-        base = 0.5 * (lo + hi) - few.mean(axis=0)
-        shifts = [np.zeros(3)] + [s * 0.25 * (hi - lo)[k] * np.eye(3)[k] for k in range(3) for s in (1, -1)]
-        t, _ = min((_translation_icp(few, tree, normals, base + d) for d in shifts), key=lambda r: r[1])
-        init = Similarity(1.0, np.eye(3), t)
-    if not config.align_rotation:
-        t, _ = _translation_icp(init.apply(pts), tree, normals, np.zeros(3), iterations=50)
-        return Similarity(1.0, np.eye(3), t).compose(init)
-    try:
-        return icp_similarity(pts, avg.vertices, avg.faces, init=init, with_scale=config.align_scale).transform
-    except ValueError as exc:
-        raise InputError("alignment", str(exc)) from None
-
-
 def _check_clouds(clouds: Sequence[np.ndarray]) -> list[np.ndarray]:
     arrays = []
     for i, c in enumerate(clouds):
@@ -384,26 +323,18 @@ def _canonical(model, arrays: list[np.ndarray], to_model: list[Similarity]) -> l
             for a, t in zip(arrays, to_model)]
 
 
-def _rotation(w: torch.Tensor) -> torch.Tensor:
-    """(3,) axis-angle (radians) -> (3, 3) rotation: the matrix exponential of its skew matrix."""
-    zero = torch.zeros((), dtype=w.dtype, device=w.device)
-    skew = torch.stack([torch.stack([zero, -w[2], w[1]]), torch.stack([w[2], zero, -w[0]]),
-                        torch.stack([-w[1], w[0], zero])])
-    return torch.linalg.matrix_exp(skew)
-
-
 def _move(y: torch.Tensor, rot_deg: torch.Tensor, shift_mm: torch.Tensor, centre: torch.Tensor,
           mm_per_unit: float) -> torch.Tensor:
     """y (..., 3) canonical units -> R (y - c) + c + t: a rigid motion about `centre` (3,), with the
     rotation `rot_deg` (3,) axis-angle in degrees and the shift `shift_mm` (3,) in millimetres."""
-    rot = _rotation(rot_deg * (math.pi / 180))
+    rot = rotvec_to_matrix_torch(rot_deg * (math.pi / 180))
     return (y - centre) @ rot.T + centre + shift_mm / mm_per_unit
 
 
 def _as_similarity(frame, rot_deg: torch.Tensor, shift_mm: torch.Tensor, centre: torch.Tensor) -> Similarity:
     """`_move`'s parameters as the model-frame (mm) rigid motion it applies."""
     with torch.no_grad():
-        rot = _rotation(rot_deg * (math.pi / 180)).double().cpu().numpy()
+        rot = rotvec_to_matrix_torch(rot_deg * (math.pi / 180)).double().cpu().numpy()
         return _refinement_mm(frame, rot, (shift_mm / frame.mm_per_unit).double().cpu().numpy(),
                               centre.double().cpu().numpy())
 
@@ -421,32 +352,14 @@ def _refinement_mm(frame, rot: np.ndarray, shift: np.ndarray, centre: np.ndarray
     return Similarity(1.0, m, -m @ o + s * a.T @ (centre + shift - rot @ centre) + o)
 
 
-CodeSpaces = dict[str, tuple[torch.Tensor, torch.Tensor]]
+CodeSpaces = dict[str, GaussianPrior]
+"""Per latent space, the Gaussian whose whitened coordinates a fit optimises (`ImplicitFitConfig.code_prior`)."""
 
 
 def _code_spaces(model, kind: str) -> CodeSpaces:
-    """Per latent space, the mean μ (K,) and lower-triangular factor L (K, K) of the fit's coordinates:
-    the prior's Cholesky factor ("full") or the diagonal of its standard deviations ("diagonal")."""
-    spaces = {}
-    for name in ("identity", "expression"):
-        prior = model.prior[name]
-        factor = prior.scale_tril
-        if kind == "diagonal":
-            factor = torch.diag(factor.square().sum(dim=1).sqrt())  # sqrt of diag(L Lᵀ)
-        spaces[name] = (prior.mean, factor)
-    return spaces
-
-
-def _codes(spaces: CodeSpaces, w: torch.Tensor, name: str) -> torch.Tensor:
-    """Whitened (B, K) -> codes (B, K): z = μ + w Lᵀ."""
-    mean, factor = spaces[name]
-    return mean + w @ factor.T
-
-
-def _whiten(spaces: CodeSpaces, z: torch.Tensor, name: str) -> torch.Tensor:
-    """Codes (B, K) -> whitened (B, K), the inverse of `_codes`."""
-    mean, factor = spaces[name]
-    return torch.linalg.solve_triangular(factor, (z - mean).T, upper=False).T
+    """The model's priors ("full"), or their per-dimension spreads without correlations ("diagonal")."""
+    return {name: model.prior[name] if kind == "full" else model.prior[name].diagonal()
+            for name in ("identity", "expression")}
 
 
 @torch.no_grad()
@@ -460,13 +373,14 @@ def _expression_starts(model, ys: list[torch.Tensor], config: ImplicitFitConfig,
     pre-image counts as truncated) is lowest. One batched root finding per observation.
     """
     zero = torch.zeros(1, model.latent_sizes["expression"], device=model.device)
-    if config.expression_starts == 0 or not hasattr(model, "training_latents"):
+    trained = model.training_latents()
+    if config.expression_starts == 0 or trained is None:
         return [zero.clone() for _ in ys]
     rng = np.random.default_rng(config.seed + 2)  # leaves the optimisation's draws as they were
-    codes = model.training_latents()["expression"].to(model.device)
+    codes = trained["expression"].to(model.device)
     pick = rng.choice(len(codes), min(len(codes), config.expression_starts), replace=False)
-    whitened = torch.cat([zero, _whiten(spaces, codes[torch.as_tensor(pick, device=model.device)], "expression")])
-    z_ex = _codes(spaces, whitened, "expression")
+    whitened = torch.cat([zero, spaces["expression"].whiten(codes[torch.as_tensor(pick, device=model.device)])])
+    z_ex = spaces["expression"].unwhiten(whitened)
     z_id = model.prior["identity"].mean.expand(len(whitened), -1)
     cap = config.truncation_units(0, model.frame.mm_per_unit)
     starts = []
@@ -530,8 +444,8 @@ def _optimise(model, ys: list[torch.Tensor], config: ImplicitFitConfig, temporal
         if config.head_pose:
             y = torch.stack([_move(y[b], head_rot[i], head_shift[i], head_centre[i], mm_per_unit)
                              for b, i in enumerate(sel)])
-        z_id = _codes(spaces, w_id, "identity").expand(len(sel), -1)
-        z_ex_all = _codes(spaces, torch.cat(w_ex), "expression")  # (n, Ke)
+        z_id = spaces["identity"].unwhiten(w_id).expand(len(sel), -1)
+        z_ex_all = spaces["expression"].unwhiten(torch.cat(w_ex))  # (n, Ke)
         z_ex = z_ex_all[torch.as_tensor(sel, device=dev)]
         x, conv, jinv = canonical_points(model, y, z_id, z_ex, config.root_finding, start=start,
                                          inv_jacobian=inv_start, return_inverse=True)
@@ -579,8 +493,8 @@ def _optimise(model, ys: list[torch.Tensor], config: ImplicitFitConfig, temporal
         if step % 20 == 0:
             bar.set_postfix(loss=f"{history[-1]:.4g}", kept=f"{kept_hist[-1]:.2f}", refresh=False)
     with torch.no_grad():
-        latents = {"identity": _codes(spaces, w_id, "identity").detach(),
-                   "expression": _codes(spaces, torch.cat(w_ex), "expression").detach()}
+        latents = {"identity": spaces["identity"].unwhiten(w_id).detach(),
+                   "expression": spaces["expression"].unwhiten(torch.cat(w_ex)).detach()}
     refinement = _as_similarity(model.frame, rot_deg, shift_mm, centre)
     heads = [_as_similarity(model.frame, r, t, c) for r, t, c in zip(head_rot, head_shift, head_centre)]
     stats = {"history": history, "terms": terms, "kept_fraction": kept_hist, "refinement": refinement, "heads": heads,
@@ -611,12 +525,14 @@ def _fit(model, clouds: Sequence[np.ndarray], config: ImplicitFitConfig, pose: S
         model.to(config.device)
     for name in ("identity", "expression"):
         if name not in model.latent_sizes:
-            raise InputError(getattr(model, "family", "model"), f"has no {name!r} latent space; cannot fit it as an implicit model")
+            raise InputError(model.family, f"has no {name!r} latent space; cannot fit it as an implicit model")
     start = time.perf_counter()
     arrays = _check_clouds(clouds)
     to_model = pose.inverse() if pose is not None else Similarity()
     if config.align:
-        to_model = align_observations(model, arrays, config, init=to_model if pose is not None else None)
+        to_model = align_points(average_head(model, config.align_resolution), arrays,
+                                init=to_model if pose is not None else None, rotation=config.align_rotation,
+                                scale=config.align_scale, seed=config.seed)
     with _frozen(model):
         latents, stats = _optimise(model, _canonical(model, arrays, [to_model] * len(arrays)), config, temporal,
                                    progress)
@@ -633,9 +549,10 @@ def _fit(model, clouds: Sequence[np.ndarray], config: ImplicitFitConfig, pose: S
         raw = model.meshes({"identity": latents["identity"].expand(n, -1).contiguous(),
                             "expression": latents["expression"]}, resolution=config.mesh_resolution)
     meshes = [Mesh(model_to_target.compose(head).apply(m.vertices), m.faces) for m, head in zip(raw, head_poses)]
-    return ImplicitFitResult(latents, model_to_target, head_poses, meshes, stats["history"], stats["terms"],
-                             stats["kept_fraction"], stats["converged_fraction"], conv_obs, fit_seconds,
-                             time.perf_counter() - start)
+    return ImplicitFitResult(latents, model_to_target, meshes, stats["history"], head_poses=head_poses,
+                             terms=stats["terms"], kept_fraction=stats["kept_fraction"],
+                             converged_fraction=stats["converged_fraction"], converged_per_observation=conv_obs,
+                             fit_seconds=fit_seconds, mesh_seconds=time.perf_counter() - start)
 
 
 def fit_point_clouds(model, clouds: Sequence[np.ndarray], config: ImplicitFitConfig = ImplicitFitConfig(),
@@ -645,10 +562,10 @@ def fit_point_clouds(model, clouds: Sequence[np.ndarray], config: ImplicitFitCon
 
     model: an implicit model (`sdf`, `deform`, `deformation`, `prior`, `frame`, `code_regularizers`,
     `meshes`); clouds: n arrays (P_i, 3) float mm, each one observation (e.g. one single-view scan per
-    expression), in the target's coordinates; pose: model frame -> target coordinates when known
-    (default: the target is already in the model's frame); with `config.align` an ICP refines it (or
-    finds it from the centroids). sequence: the clouds are consecutive frames, tie their expressions with
-    the temporal terms.
+    expression), in the target's coordinates; pose: model frame -> target coordinates when known. With
+    `config.align` (the default) the shared initial alignment (`align.py`) refines the pose, or finds it
+    when none is given; without it the pose (default: none, the target is in the model's frame) is
+    used as is. sequence: the clouds are consecutive frames, tie their expressions with the temporal terms.
     Returns latents identity (1, Ki) and expression (n, Ke), one mesh per observation in the target's
     coordinates, the loss history and the convergence counts.
     """
@@ -672,11 +589,3 @@ def fit_depth_sequence(model, frames: Sequence[DepthFrame | tuple], config: Impl
             raise InputError(fr.name, "no valid depth pixels (every value is 0 or NaN)")
         clouds.append(pts)
     return _fit(model, clouds, config, pose, True, progress)
-
-
-def observed_to_mesh_mm(points: np.ndarray, mesh: Mesh) -> np.ndarray:
-    """One-sided distance of observed points (P, 3) mm to a fitted mesh: (P,) float64 mm."""
-    if mesh.is_point_cloud or len(mesh.faces) == 0:
-        return np.full(len(points), np.inf)
-    _, dist, _ = closest_points(np.asarray(points, np.float64), mesh.vertices, mesh.faces)
-    return dist

@@ -17,9 +17,13 @@ import torch
 from tqdm import tqdm
 
 from neuralmorph.errors import InputError
+from neuralmorph.fitting.align import average_head, initial_pose  # noqa: F401  (initial_pose: re-exported)
+from neuralmorph.fitting.result import FitResult
 from neuralmorph.fitting.terms import robust
 from neuralmorph.frame import Similarity, umeyama
-from neuralmorph.models.base import Latents, MorphableModel
+from neuralmorph.geometry.mesh import Mesh
+from neuralmorph.geometry.rotation import rotvec_to_matrix_torch
+from neuralmorph.models.base import Latents, RegisteredModel
 
 
 @dataclass(frozen=True)
@@ -52,45 +56,7 @@ class FitConfig:
             raise InputError("fit config", "prior weights must not be negative")
 
 
-@dataclass
-class FitResult:
-    latents: Latents                  # space -> (1, K)
-    pose: Similarity                  # model frame -> observation coordinates
-    vertices: np.ndarray              # (N, 3) float64 fitted head in observation coordinates, mm
-    history: list[float]              # total energy per step
-
-    def to_dict(self) -> dict:
-        return {"latents": {k: v[0].tolist() for k, v in self.latents.items()}, "pose": self.pose.as_dict()}
-
-
-def _rotvec_matrix(w: torch.Tensor) -> torch.Tensor:
-    """(3,) axis-angle -> (3, 3) rotation, differentiable everywhere (matrix exponential of the skew)."""
-    zero = torch.zeros((), dtype=w.dtype, device=w.device)
-    skew = torch.stack([torch.stack([zero, -w[2], w[1]]), torch.stack([w[2], zero, -w[0]]),
-                        torch.stack([-w[1], w[0], zero])])
-    return torch.linalg.matrix_exp(skew)
-
-
-def initial_pose(model: MorphableModel, landmarks: np.ndarray | None = None,
-                 landmark_ids: np.ndarray | None = None, points: np.ndarray | None = None,
-                 with_scale: bool = False) -> Similarity:
-    """Model frame -> observation: Umeyama on landmarks if given, else ICP of the points to the mean head."""
-    from neuralmorph.frame import icp_similarity
-
-    with torch.no_grad():
-        mean = model.decode(model.zero_latents(1))[0].double().cpu().numpy()
-    if landmarks is not None:
-        ids = model.landmark_ids.cpu().numpy() if landmark_ids is None else landmark_ids
-        if len(ids) != len(landmarks):
-            raise InputError("landmarks", f"got {len(landmarks)} landmarks, the model has {len(ids)}")
-        return umeyama(mean[ids], landmarks, with_scale=with_scale)
-    if points is None:
-        return Similarity()
-    result = icp_similarity(points, mean, model.faces.cpu().numpy(), with_scale=with_scale)
-    return result.transform.inverse()
-
-
-def fit(model: MorphableModel, terms: Sequence, config: FitConfig = FitConfig(), init_pose: Similarity | None = None,
+def fit(model: RegisteredModel, terms: Sequence, config: FitConfig = FitConfig(), init_pose: Similarity | None = None,
         init_latents: Latents | None = None, progress: bool = False) -> FitResult:
     """Minimise Σ term.weight · mean robust(term.residuals(posed vertices)) + prior energy."""
     dev = model.device
@@ -117,9 +83,9 @@ def fit(model: MorphableModel, terms: Sequence, config: FitConfig = FitConfig(),
     history = []
 
     def posed_vertices():
-        latents = {n: model.prior[n].mean + w @ model.prior[n].scale_tril.T for n, w in whitened.items()}
+        latents = {n: model.prior[n].unwhiten(w) for n, w in whitened.items()}
         v = model.decode(latents)[0]
-        rot = _rotvec_matrix(rotvec) @ rot0
+        rot = rotvec_to_matrix_torch(rotvec) @ rot0
         return latents, pose0.scale * torch.exp(log_scale) * v @ rot.T + trans0 + trans
 
     bar = tqdm(range(config.steps), desc="fit", unit="step", disable=not progress, leave=False, mininterval=0.5)
@@ -140,35 +106,36 @@ def fit(model: MorphableModel, terms: Sequence, config: FitConfig = FitConfig(),
             bar.set_postfix(energy=f"{history[-1]:.3f}", refresh=False)
     with torch.no_grad():
         latents, v = posed_vertices()
-        rot = (_rotvec_matrix(rotvec) @ rot0).double().cpu().numpy()
+        rot = (rotvec_to_matrix_torch(rotvec) @ rot0).double().cpu().numpy()
         # Re-orthonormalise: float32 products drift from a rotation by ~1e-7.
         u, _, vt = np.linalg.svd(rot)
         pose = Similarity(pose0.scale * float(torch.exp(log_scale)), u @ vt,
                           pose0.translation + trans.double().cpu().numpy())
-    return FitResult({k: z.detach() for k, z in latents.items()}, pose, v.double().cpu().numpy(), history)
+    return FitResult({k: z.detach() for k, z in latents.items()}, pose,
+                     [Mesh(v.double().cpu().numpy(), model.faces.cpu().numpy())], history)
 
 
-def fit_registered(model: MorphableModel, vertices: np.ndarray, prior_weight: float = 0.0, align: bool = True,
-                   iterations: int = 5) -> FitResult:
-    """Closed-form fit to a registered mesh in correspondence (N, 3) mm.
+def fit_registered(model: RegisteredModel, vertices: np.ndarray, prior_weight: float | None = None, align: bool = True,
+                   iterations: int = 5, steps: int = 100) -> FitResult:
+    """Fit a registered mesh in correspondence (N, 3) mm: the mesh itself is the alignment's answer.
 
-    Without `align` it is one exact projection. With it, a rigid Umeyama start is refined by Gauss-Newton
-    steps that solve latents and a small rigid motion together (alternating the two crawls, because a
-    PCA of heads also holds some rigid motion).
+    Without `align` it is one `project` (exact for closed-form families; `steps` of refinement for the
+    others). With it, a rigid Umeyama start over every vertex is refined by the family's
+    `project_rigid` where it has one: closed-form families solve latents and a small rigid motion
+    together (alternating the two crawls, because a PCA of heads also holds some rigid motion).
     """
-    if not hasattr(model, "project_rigid"):
-        raise InputError(model.family, "this family has no closed-form projection; fit it with point or landmark terms")
     target = np.asarray(vertices, np.float64)
     pose = Similarity()
     if align:
-        with torch.no_grad():
-            mean = model.decode(model.zero_latents(1))[0].double().cpu().numpy()
-        pose = umeyama(mean, target, with_scale=False)
+        pose = umeyama(average_head(model).vertices, target, with_scale=False)
         for _ in range(iterations):
             _, delta = model.project_rigid(pose.inverse().apply(target), prior_weight)
+            if delta is None:  # no joint solve: the Umeyama start stands
+                break
             pose = pose.compose(delta.inverse())  # target = pose(x), model ≈ δ(x)  =>  target ≈ pose(δ⁻¹(model))
     in_model = pose.inverse().apply(target)
-    latents = model.project(torch.as_tensor(in_model[None], dtype=torch.float32, device=model.device), prior_weight)
+    latents = model.project(torch.as_tensor(in_model[None], dtype=torch.float32, device=model.device), steps,
+                            prior_weight)
     with torch.no_grad():
         fitted = model.decode(latents)[0].double().cpu().numpy()
-    return FitResult(latents, pose, pose.apply(fitted), [])
+    return FitResult(latents, pose, [Mesh(pose.apply(fitted), model.faces.cpu().numpy())], [])

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from neuralmorph.geometry.barycentric import barycentric
 from neuralmorph.geometry.distance import closest_points
 
 
@@ -58,22 +59,10 @@ class PointToSurfaceTerm:
         f = self.faces.cpu().numpy()
         p = self.points.detach().cpu().double().numpy()
         closest, _, face_idx = closest_points(p, v, f)
-        bary = torch.as_tensor(_barycentric(closest, v[f[face_idx]]), dtype=vertices.dtype, device=vertices.device)
+        bary = torch.as_tensor(barycentric(closest, v[f[face_idx]]), dtype=vertices.dtype, device=vertices.device)
         tri = vertices[self.faces[torch.as_tensor(face_idx, device=vertices.device)]]  # (P, 3, 3)
         on_surface = (bary[:, :, None] * tri).sum(dim=1)
         return (self.points - on_surface).norm(dim=-1)
-
-
-def _barycentric(points: np.ndarray, tris: np.ndarray) -> np.ndarray:
-    """points (P, 3) lying on triangles tris (P, 3, 3) -> barycentric coordinates (P, 3)."""
-    a, b, c = tris[:, 0], tris[:, 1], tris[:, 2]
-    v0, v1, v2 = b - a, c - a, points - a
-    d00, d01, d11 = (v0 * v0).sum(1), (v0 * v1).sum(1), (v1 * v1).sum(1)
-    d20, d21 = (v2 * v0).sum(1), (v2 * v1).sum(1)
-    denom = np.where(np.abs(d00 * d11 - d01**2) > 1e-300, d00 * d11 - d01**2, 1.0)
-    w1 = (d11 * d20 - d01 * d21) / denom
-    w2 = (d00 * d21 - d01 * d20) / denom
-    return np.clip(np.stack([1 - w1 - w2, w1, w2], axis=1), 0.0, 1.0)
 
 
 def robust(residuals: torch.Tensor, kind: str, scale_mm: float) -> torch.Tensor:

@@ -69,3 +69,12 @@ def signed_distance(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray)
         return np.zeros(0)
     s, _, _, _ = igl.signed_distance(p, v, f, sign_type=igl.SIGNED_DISTANCE_TYPE_PSEUDONORMAL)
     return np.asarray(s, dtype=np.float64)
+
+
+def distance_to_mesh(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """One-sided distance of points (P, 3) float to a mesh (vertices (V, 3), faces (F, 3) int): (P,)
+    float64, the same units; infinite everywhere when the mesh has no faces (nothing was fitted)."""
+    if len(faces) == 0:
+        return np.full(len(points), np.inf)
+    _, dist, _ = closest_points(np.asarray(points, np.float64), vertices, faces)
+    return dist

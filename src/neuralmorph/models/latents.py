@@ -7,12 +7,11 @@ and `decode` read.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
-from neuralmorph.atomic import write_json
+from neuralmorph.atomic import read_json, write_json
 from neuralmorph.errors import InputError
 from neuralmorph.models.base import Latents, MorphableModel
 
@@ -36,10 +35,7 @@ def load_latents(path: str | Path, model: MorphableModel) -> Latents:
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "latents file not found")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(path, f"not valid JSON: {exc}") from None
+    data = read_json(path)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise InputError(path, f"not a {FORMAT} file")
     if data.get("family") != model.family:

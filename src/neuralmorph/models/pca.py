@@ -20,7 +20,7 @@ from scipy.spatial.transform import Rotation
 from neuralmorph.data.dataset import HeadDataset
 from neuralmorph.errors import InputError
 from neuralmorph.frame import Frame, Similarity
-from neuralmorph.models.base import Latents, ModelConfig, MorphableModel, register
+from neuralmorph.models.base import Latents, ModelConfig, RegisteredModel, register
 
 
 @dataclass(frozen=True)
@@ -75,9 +75,14 @@ def _choose(var: np.ndarray, k: int | None, fraction: float) -> int:
 
 
 @register
-class PCAModel(MorphableModel):
+class PCAModel(RegisteredModel):
     family = "pca"
+    summary = "The linear 3DMM: identity PCA on neutral heads, expression PCA on residuals."
     Config = PCAConfig
+    trainable = False      # solved in closed form by `build`
+    truncatable = True
+    cli_model_prefix = False  # `train pca --identity-dims K`
+    projection = "exact projection"
 
     def __init__(self, config: PCAConfig, n_vertices: int, k_id: int, k_ex: int, n_id_spectrum: int,
                  n_ex_spectrum: int, faces, frame: Frame, **kw):
@@ -103,14 +108,17 @@ class PCAModel(MorphableModel):
     # --- training ----------------------------------------------------------------------------------
 
     @classmethod
-    def from_dataset(cls, dataset: HeadDataset, config: PCAConfig = PCAConfig(), split: str = "train") -> "PCAModel":
-        """Fit both PCAs (and the priors) to the registered heads of one split of `dataset`."""
+    def build(cls, dataset: HeadDataset, config: PCAConfig = PCAConfig(), training_set=None, split: str = "train",
+              seed: int = 0) -> "PCAModel":
+        """Both PCAs (and the priors) fitted to the registered heads of one split of `dataset` (closed form:
+        no training set, no seed)."""
         if dataset.vertices is None:
             raise InputError("dataset", "the PCA model needs registered heads (this dataset holds raw scans only)")
         neutral = neutral_rows(dataset, split)
         if len(neutral) < 2:
             raise InputError("dataset", f"the {split!r} split has {len(neutral)} subject(s); identity PCA needs at least 2")
         n = dataset.n_vertices
+
         verts = dataset.vertices.reshape(len(dataset.vertices), -1).astype(np.float64)
         subjects = sorted(neutral)
         id_x = verts[[neutral[s] for s in subjects]]
@@ -142,6 +150,25 @@ class PCAModel(MorphableModel):
         return model
 
     @classmethod
+    def for_benchmark(cls, latent_size: int) -> tuple[PCAConfig, None]:
+        half = latent_size // 2  # split evenly between identity and expression
+        return PCAConfig(half, latent_size - half), None
+
+    @classmethod
+    def smoke_config(cls) -> tuple[PCAConfig, None]:
+        return PCAConfig(2, 2), None
+
+    def training_summary(self, training_set=None) -> str:
+        spec = self.identity_spectrum
+        k = self.latent_sizes["identity"]
+        kept = float(spec[:k].sum() / spec.sum()) if len(spec) else 0.0
+        return f"identity {k} ({kept:.1%} of variance), expression {self.latent_sizes['expression']} components"
+
+    def variance_spectrum(self, space: str) -> torch.Tensor:
+        """The training data's full variance spectrum (mm²) of `space`, not only the kept components."""
+        return {"identity": self.identity_spectrum, "expression": self.expression_spectrum}[space]
+
+    @classmethod
     def from_saved(cls, config: PCAConfig, spec: dict, arrays: dict[str, np.ndarray]) -> "PCAModel":
         return cls(config, arrays["mean"].shape[0], spec["latent_sizes"]["identity"], spec["latent_sizes"]["expression"],
                    len(arrays["identity_spectrum"]), len(arrays["expression_spectrum"]), arrays["faces"],
@@ -170,22 +197,22 @@ class PCAModel(MorphableModel):
     # --- closed-form fit -----------------------------------------------------------------------------
 
     @torch.no_grad()
-    def project(self, vertices: torch.Tensor, prior_weight: float = 0.0) -> Latents:
+    def project(self, vertices: torch.Tensor, steps: int = 100, prior_weight: float | None = None) -> Latents:
         """Latents whose decode is closest (least squares, mm²) to registered vertices (B, N, 3) mm.
 
-        prior_weight λ adds λ‖whitened z‖² (ridge towards the prior mean); 0 is the plain projection.
-        Exact: the model is linear, so no iterations are needed.
+        prior_weight λ adds λ‖whitened z‖² (ridge towards the prior mean); 0 (or None) is the plain
+        projection. Exact: the model is linear, so no iterations are needed (`steps` is unused).
         """
-        z, _ = self._solve(vertices.double(), prior_weight, rigid=False)
+        z, _ = self._solve(vertices.double(), prior_weight or 0.0, rigid=False)
         return z
 
     @torch.no_grad()
-    def project_rigid(self, vertices: np.ndarray, prior_weight: float = 0.0) -> tuple[Latents, Similarity]:
+    def project_rigid(self, vertices: np.ndarray, prior_weight: float | None = None) -> tuple[Latents, Similarity]:
         """Like `project` for one mesh (N, 3) mm, also solving a small rigid motion δ of the target
         (linearised about its centroid) so that decode(z) ≈ δ(vertices). One Gauss-Newton step of the
         joint problem; `fitting.fit_registered` iterates it."""
         x = torch.as_tensor(vertices, dtype=torch.float64, device=self.device)[None]
-        z, extra = self._solve(x, prior_weight, rigid=True)
+        z, extra = self._solve(x, prior_weight or 0.0, rigid=True)
         w, t = extra[0, :3].cpu().numpy(), extra[0, 3:].cpu().numpy()
         c = x[0].mean(dim=0).cpu().numpy()
         rot = Rotation.from_rotvec(w).as_matrix()

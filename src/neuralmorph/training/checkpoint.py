@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from neuralmorph.atomic import atomic_dir, atomic_file
+from neuralmorph.atomic import atomic_dir, atomic_file, read_json
 from neuralmorph.errors import InputError
 from neuralmorph.tensorfile import load_arrays, save_arrays
 
@@ -216,12 +216,7 @@ def load_checkpoint(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, to
     """(model state, optimizer-file tensors, state.json) of one checkpoint folder, on the CPU."""
     folder = Path(folder)
     state_path = folder / STATE_FILE
-    try:
-        state = json.loads(state_path.read_text())
-    except FileNotFoundError:
-        raise InputError(state_path, "checkpoint state not found") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(state_path, f"not valid JSON: {exc}") from None
+    state = read_json(state_path, "checkpoint state not found")
     if state.get("format") != FORMAT:
         raise InputError(state_path, f"not a {FORMAT} checkpoint (format {state.get('format')!r})")
     weights, _ = load_arrays(folder / WEIGHTS_FILE, framework="pt")

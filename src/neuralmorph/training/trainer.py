@@ -1,7 +1,7 @@
 """The one trainer every neural family uses: single process, or DDP under `torchrun`.
 
-A family's model is a `torch.nn.Module` that implements `training_loss(batch, step)` (and optionally
-`validation_metrics(batch)` and `parameter_groups()`); `train(model, dataset, TrainerConfig(...), out)`
+A family's model is a `torch.nn.Module` and a `Trainable` that implements `training_loss(batch, step)` (and
+may override `validation_metrics`, `preview` and `parameter_groups`); `train(model, dataset, TrainerConfig(...), out)`
 does the rest: AdamW with warm-up + cosine (or constant) learning rate, gradient clipping, optional AMP
 on CUDA, progress bar, metrics.csv / TensorBoard, validation, atomic safetensors checkpoints and a
 bit-identical `resume`. See docs/training.md.
@@ -25,13 +25,13 @@ import warnings
 from dataclasses import asdict, dataclass, is_dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
-from neuralmorph.atomic import write_json
+from neuralmorph.atomic import read_json, write_json
 from neuralmorph.config import Config
 from neuralmorph.errors import InputError, NeuralmorphError
 from neuralmorph.training import checkpoint as ckpt
@@ -126,25 +126,34 @@ class TrainerConfig(Config):
         return super().from_dict(d, where)
 
 
-@runtime_checkable
-class Trainable(Protocol):
-    """What a family's model (a torch.nn.Module) implements to be trained by `train`.
+class Trainable:
+    """Mixin: what a model (a torch.nn.Module) provides to be trained by `train`.
 
     training_loss(batch, step): batch is a default-collated dict of tensors already on the device (this
     process's slice of the global batch); step is the 0-based index of the optimiser step being taken
     (for curricula). Returns the scalar loss to minimise — a *mean* over the batch, so that DDP's averaged
     gradients equal the single-process gradient — and a dict of scalars to log (floats or 0-d tensors).
 
-    Optional:
-      validation_metrics(batch) -> dict[str, float]: per-batch means; the trainer reports their
-        batch-size-weighted mean over the validation set as `val/<name>` (default: `val/loss`).
-      preview(batch) -> dict[str, (vertices (1, V, 3), faces (1, F, 3))]: meshes to show in TensorBoard,
-        made from the first validation item at each validation (rank 0 only, RNG state preserved).
-      parameter_groups() -> list[dict]: AdamW parameter groups ({"params": [...], "lr": ..., ...});
-        a group's "lr" is its peak learning rate and follows the same schedule.
+    The other methods have defaults a model may override.
     """
 
-    def training_loss(self, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]: ...
+    def training_loss(self, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError(f"{type(self).__name__} does not implement training_loss")
+
+    def validation_metrics(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
+        """Per-batch means; the trainer reports their batch-size-weighted mean over the validation set as
+        `val/<name>` (default: the training loss at `step`, as `val/loss`)."""
+        return {"loss": self.training_loss(batch, step)[0]}
+
+    def preview(self, batch: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Meshes to show in TensorBoard, name -> (vertices (1, V, 3), faces (1, F, 3)), made from the first
+        validation item at each validation (rank 0 only, RNG state preserved). Default: none."""
+        return {}
+
+    def parameter_groups(self) -> list[dict]:
+        """AdamW parameter groups ({"params": [...], "lr": ..., ...}); a group's "lr" is its peak learning
+        rate and follows the same schedule. Default: one group of every parameter."""
+        return [{"params": list(self.parameters())}]
 
 
 # --- deterministic pieces -----------------------------------------------------------------------------
@@ -261,10 +270,7 @@ def load_run_config(out: str | Path) -> dict | None:
     path = Path(out) / RUN_CONFIG_FILE
     if not path.is_file():
         return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise InputError(path, f"not valid JSON: {exc}") from None
+    return read_json(path)
 
 
 def _comparable(rc: dict) -> dict:
@@ -310,13 +316,10 @@ class _LossModule(torch.nn.Module):
 
 
 def _parameter_groups(model: torch.nn.Module, config: TrainerConfig) -> list[dict]:
-    if hasattr(model, "parameter_groups"):
-        groups = [dict(g) for g in model.parameter_groups()]
-        for g in groups:
-            g["params"] = [p for p in g["params"] if p.requires_grad]
-        groups = [g for g in groups if g["params"]]
-    else:
-        groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    groups = [dict(g) for g in model.parameter_groups()]
+    for g in groups:
+        g["params"] = [p for p in g["params"] if p.requires_grad]
+    groups = [g for g in groups if g["params"]]
     if not any(g["params"] for g in groups):
         raise TypeError(f"{type(model).__name__} has no trainable parameters")
     return groups
@@ -349,10 +352,7 @@ def _validate(model: torch.nn.Module, val_set: Dataset, config: TrainerConfig, i
                     batch = _to_device(batch, info.device)
                     n = len(next(iter(batch.values()))) if isinstance(batch, dict) and batch else per
                     with autocast():
-                        if hasattr(model, "validation_metrics"):
-                            metrics = model.validation_metrics(batch)
-                        else:
-                            metrics = {"loss": model.training_loss(batch, step)[0]}
+                        metrics = model.validation_metrics(batch, step)
                     for k, v in metrics.items():
                         sums[k] = sums.get(k, 0.0) + _as_float(v) * n
                     count += n
@@ -393,8 +393,8 @@ def train(model: torch.nn.Module, train_set: Dataset, config: TrainerConfig, out
     only rank 0 writes. Returns the trained model itself (not a DDP wrapper), on config.device (or its
     rank's GPU).
     """
-    if not isinstance(model, torch.nn.Module) or not hasattr(model, "training_loss"):
-        raise TypeError("train() needs a torch.nn.Module with a training_loss(batch, step) method")
+    if not isinstance(model, torch.nn.Module) or not isinstance(model, Trainable):
+        raise TypeError("train() needs a torch.nn.Module that is a neuralmorph.training.Trainable")
     if not isinstance(config, TrainerConfig):
         raise TypeError("config must be a TrainerConfig")
     out = Path(out)
@@ -559,7 +559,7 @@ def train(model: torch.nn.Module, train_set: Dataset, config: TrainerConfig, out
                     (config.val_every and done % config.val_every == 0) or done == config.max_steps):
                 metrics = _validate(model, val_set, config, info, step, autocast)
                 logger.log(done, metrics)
-                if info.is_main and logger.writer is not None and hasattr(model, "preview"):
+                if info.is_main and logger.writer is not None:
                     logger.meshes(done, _preview(model, val_set, info.device))
                 if metrics and info.is_main:
                     bar.write(f"step {done}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))

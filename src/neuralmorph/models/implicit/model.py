@@ -12,7 +12,7 @@ IGR-style losses (see `samples.py` for the streams, docs/implicit.md for the num
 * `implicit-local`: f is NPHM's ensemble of small MLPs around anchors on the face, symmetric pairs sharing
   weights, blended over the K nearest anchors (`networks.LocalEnsemble`); z_id = [global | per-anchor].
 
-The contract other modules code against (fitting, extraction, the generate verbs) is `ImplicitModel`'s
+Beyond the family contract (`models/base.py`), what the implicit fit and extraction use is `ImplicitModel`'s
 public methods: `sdf`, `deform`, `sdf_posed`, `canonical_field`, `code_regularizers`, `meshes`,
 `anchors` (local), `bounds`, `deformation`, `latent_sizes`, `prior`. Fields work in canonical units of
 `model.frame`; meshes and everything else at the model boundary are millimetres.
@@ -42,11 +42,13 @@ from neuralmorph.data.dataset import HeadDataset
 from neuralmorph.errors import InputError
 from neuralmorph.frame import Frame
 from neuralmorph.geometry.mesh import Mesh
+from neuralmorph.geometry.sampling import farthest_point_sampling
 from neuralmorph.models.implicit.extraction import Field, extract_coarse_to_fine
 from neuralmorph.models.implicit.networks import (BackwardDeformation, ForwardDeformation, LocalEnsemble, SDFNetwork,
                                            count_parameters)
 from neuralmorph.models.implicit.samples import ImplicitSampleConfig, ImplicitSamples, face_vertex_mask, subject_neutrals
 from neuralmorph.models.base import Latents, ModelConfig, MorphableModel, register
+from neuralmorph.training import TrainerConfig
 
 FIELD_CHUNK = 65_536   # points per network call when a field is evaluated for extraction
 
@@ -76,9 +78,7 @@ class ImplicitConfig(ModelConfig):
     """Std of the initial identity codes (expression codes start at zero: no deformation)."""
     code_lr: float | None = 2e-2
     """Learning rate of the codebooks (None: the trainer's --lr); they never get weight decay. Higher than
-    the networks' because a batch draws each code rarely (4 of 96 heads per step in a 40-subject run):
-    at the trainer's 2e-3 the expression codes stayed near zero and the correspondence error at
-    15–18 mm RMS after 550 steps; at 2e-2 it fell to 2.9 mm by step 610 (surface 0.78 mm at step 710)."""
+    the networks' because a batch draws each code rarely (docs/benchmarks.md, "Defaults and why")."""
     # --- losses (IGR / NPHM; distances in canonical units unless the name says mm) ---
     surface_weight: float = 2.0
     """Mean |SDF| at surface samples."""
@@ -209,25 +209,6 @@ class ImplicitLocalConfig(ImplicitConfig):
 # --- anchors -------------------------------------------------------------------------------------------------
 
 
-def _farthest(points: np.ndarray, k: int, chosen: np.ndarray) -> list[int]:
-    """k indices into points (M, 3) by farthest-point sampling away from `chosen` (C, 3) (may be empty;
-    then the start is the point nearest the centroid, so the result is deterministic)."""
-    if k <= 0 or len(points) == 0:
-        return []
-    if len(chosen):
-        d = np.min(np.linalg.norm(points[:, None] - chosen[None], axis=2), axis=1)
-        out = []
-    else:
-        first = int(np.linalg.norm(points - points.mean(0), axis=1).argmin())
-        out = [first]
-        d = np.linalg.norm(points - points[first], axis=1)
-    while len(out) < min(k, len(points)):
-        i = int(d.argmax())
-        out.append(i)
-        d = np.minimum(d, np.linalg.norm(points - points[i], axis=1))
-    return out
-
-
 def pick_anchors(vertices: np.ndarray, face_mask: np.ndarray, pairs: int, midline: int, face_fraction: float,
                  tolerance: float) -> tuple[np.ndarray, int, int]:
     """Anchor vertex ids on a (mean neutral) head: interleaved left/right pairs, then midline vertices.
@@ -247,11 +228,12 @@ def pick_anchors(vertices: np.ndarray, face_mask: np.ndarray, pairs: int, midlin
     def spread(ids: np.ndarray, n: int) -> list[int]:
         n_face = int(round(face_fraction * n))
         face_ids, other_ids = ids[face_mask[ids]], ids[~face_mask[ids]]
-        got = [int(face_ids[i]) for i in _farthest(v[face_ids], n_face, np.zeros((0, 3)))]
-        got += [int(other_ids[i]) for i in _farthest(v[other_ids], n - len(got), v[got] if got else np.zeros((0, 3)))]
+        got = [int(face_ids[i]) for i in farthest_point_sampling(v[face_ids], n_face)]
+        away = v[got] if got else None
+        got += [int(other_ids[i]) for i in farthest_point_sampling(v[other_ids], n - len(got), chosen=away)]
         if len(got) < n:   # too few non-face vertices: top up from the face
             rest = np.setdiff1d(face_ids, got)
-            got += [int(rest[i]) for i in _farthest(v[rest], n - len(got), v[got])]
+            got += [int(rest[i]) for i in farthest_point_sampling(v[rest], n - len(got), chosen=v[got])]
         return got
 
     left_ids = spread(left, pairs)
@@ -267,6 +249,11 @@ class ImplicitModel(MorphableModel):
     """Base of the implicit families (see the module docstring for the contract)."""
 
     Config = ImplicitConfig
+    Samples = ImplicitSampleConfig
+    geometry = "sdf"
+    fits = frozenset({"points", "depth"})
+    has_anchors: bool = False
+    """Whether the field is an ensemble around anchors (sparse K-nearest evaluation; `bench extraction`)."""
 
     def __init__(self, config: ImplicitConfig, identity_size: int, frame: Frame, bounds: np.ndarray,
                  n_subjects: int, n_heads: int):
@@ -374,9 +361,6 @@ class ImplicitModel(MorphableModel):
         return {"identity_norm": (identity - self.prior["identity"].mean).square().sum(-1).mean(),
                 "expression_norm": (expression - self.prior["expression"].mean).square().sum(-1).mean()}
 
-    def decode(self, latents: Latents) -> torch.Tensor:
-        raise InputError(self.family, "an implicit model has no registered topology to decode; use meshes()")
-
     @torch.no_grad()
     def meshes(self, latents: Latents, resolution: int = 128) -> list[Mesh]:
         """One mesh per head (millimetres).
@@ -446,8 +430,9 @@ class ImplicitModel(MorphableModel):
                 "expression": self.expression_codes.detach().clone()}
 
     @torch.no_grad()
-    def fit_prior(self) -> "ImplicitModel":
-        """Full-covariance Gaussians over the trained identity and expression codebooks."""
+    def fit_prior(self, dataset: HeadDataset | None = None, training_set: ImplicitSamples | None = None) -> "ImplicitModel":
+        """Full-covariance Gaussians over the trained identity and expression codebooks (the arguments of
+        the contract are unused: the codebooks are the training codes)."""
         self.prior["identity"].fit(self.identity_codes.detach().cpu())
         self.prior["expression"].fit(self.expression_codes.detach().cpu())
         for p in self.prior.values():
@@ -535,6 +520,11 @@ class ImplicitModel(MorphableModel):
                     zero_deform_mm=float(zero.detach().sqrt()) * mm, expression_norm=float(ereg.detach()))
         return loss, logs
 
+    def parameter_count(self) -> int:
+        """Field and deformation networks (the codebooks hold the training heads' codes)."""
+        counts = self.parameter_counts()
+        return counts["field"] + counts["deformation"]
+
     def parameter_counts(self) -> dict[str, int]:
         """Parameters per part: field, deformation, codebooks."""
         return {"field": count_parameters(self.field), "deformation": count_parameters(self.deformer),
@@ -552,26 +542,75 @@ class ImplicitModel(MorphableModel):
         return None, None
 
     @classmethod
-    def build(cls, dataset: HeadDataset, config: ImplicitConfig | None = None,
-              samples: ImplicitSampleConfig = ImplicitSampleConfig(), root: str | Path | None = None,
-              split: str | None = "train", seed: int = 0, heads: list[int] | None = None,
-              progress: bool = False) -> tuple["ImplicitModel", ImplicitSamples]:
-        """A fresh model and its training stream for `dataset` (its folder `root` holds the scans).
+    def trainer_defaults(cls) -> TrainerConfig:
+        # Items are whole point sets (~1,400 points each), so a batch of 4 heads is already ~5,600 SDF
+        # queries with second derivatives; lr 2e-3 (docs/implicit.md).
+        return TrainerConfig(max_steps=2000, batch_size=4, lr=2e-3, checkpoint_every=500)
 
-        Returns (model, samples): the model's codebooks have one row per subject / head of `samples`
-        (`heads` restricts to some manifest indices), its bounds are the samples' bounds. Initialisation is
-        seeded by `seed`.
-        """
+    @classmethod
+    def training_set(cls, dataset: HeadDataset, config: ImplicitConfig, split: str | None = "train",
+                     samples: ImplicitSampleConfig | None = None, seed: int = 0,
+                     heads: list[int] | None = None) -> ImplicitSamples:
+        """The streamed training items (`samples.py`) of `split` (`heads`: only these manifest indices).
+        Raw scans are read from the dataset's folder when `samples.use_scans` is on."""
+        anchor_ids, _ = cls._anchor_ids(dataset, config, split)
+        return ImplicitSamples(dataset, samples or ImplicitSampleConfig(), split, seed, anchor_ids=anchor_ids,
+                               surfaces="neutral" if config.deformation == "forward" else "own", heads=heads)
+
+    @classmethod
+    def build(cls, dataset: HeadDataset, config: ImplicitConfig | None = None,
+              training_set: ImplicitSamples | None = None, split: str | None = "train",
+              seed: int = 0) -> "ImplicitModel":
+        """A fresh model for `training_set` (made from `dataset` when not given): its codebooks have one
+        row per subject / head of the stream, its bounds are the stream's bounds. Seeded by `seed`."""
         config = config if config is not None else cls.Config()
-        anchor_ids, layout = cls._anchor_ids(dataset, config, split)
-        stream = ImplicitSamples(dataset, samples, split, seed, anchor_ids=anchor_ids,
-                                 surfaces="neutral" if config.deformation == "forward" else "own",
-                                 heads=heads, root=root)
+        stream = training_set if training_set is not None else cls.training_set(dataset, config, split, seed=seed)
+        _, layout = cls._anchor_ids(dataset, config, split)
         torch.manual_seed(seed)
         model = cls._new(config, stream, layout)
         with torch.no_grad():
             model.code_subject.copy_(torch.as_tensor(stream.head_subject))
-        return model, stream
+        return model
+
+    def training_summary(self, training_set: ImplicitSamples | None = None) -> str:
+        counts = self.parameter_counts()
+        line = (f"{self.deformation} deformation; field {counts['field']:,}, deformation {counts['deformation']:,} "
+                f"parameters")
+        if training_set is not None:
+            err = held_out_surface_error(self, training_set)
+            line += (f"; {len(training_set.subjects)} subjects, {len(training_set.head_ids)} heads; held-out scan "
+                     f"surface |sdf| mean {err['mean_mm']:.2f} mm, p90 {err['p90_mm']:.2f} mm")
+        return line
+
+
+@torch.no_grad()
+def held_out_surface_error(model: ImplicitModel, samples: ImplicitSamples, points: int = 5000,
+                           seed: int = 12345) -> dict[str, float]:
+    """Mean and 90th percentile |SDF| in mm at fresh surface points (never in the training pools) of every
+    training head's supervising surface (its subject's neutral scan for forward models, its own scan for
+    backward ones), with the trained codes. Forward models are measured in canonical space, backward ones
+    through the warp. Returns {"mean_mm", "p90_mm", "face_mean_mm"}."""
+    was = model.training
+    model.eval()
+    lat = model.training_latents()
+    errs, face = [], []
+    heads = [k for k in range(len(samples.head_ids)) if model.deformation == "backward" or samples.is_neutral[k] > 0]
+    for k in heads:
+        p, _, is_face = samples.held_out_surface(k, points, seed)
+        x = torch.as_tensor(p, device=model.device)[None]
+        zi, ze = lat["identity"][k:k + 1].to(model.device), lat["expression"][k:k + 1].to(model.device)
+        f = model.sdf(x, zi) if model.deformation == "forward" else model.sdf_posed(x, zi, ze)
+        errs.append(f[0].abs().cpu().numpy() * model.frame.mm_per_unit)
+        face.append(is_face)
+    model.train(was)
+    e, m = np.concatenate(errs), np.concatenate(face)
+    return {"mean_mm": float(e.mean()), "p90_mm": float(np.percentile(e, 90)),
+            "face_mean_mm": float(e[m].mean()) if m.any() else float("nan")}
+
+
+SMOKE_SAMPLES = ImplicitSampleConfig(surface_points=128, near_points=128, far_points=32, correspondences=32,
+                                     pool_size=4000, draws_per_head=2)
+"""Training items of the smoke configs: a few hundred points per item."""
 
 
 # --- the families --------------------------------------------------------------------------------------------
@@ -582,7 +621,19 @@ class ImplicitGlobalModel(ImplicitModel):
     """`implicit-global`: NPMs / DeepSDF — one SDF MLP on [x | z_id] plus the deformation MLP."""
 
     family = "implicit-global"
+    summary = "NPMs / DeepSDF: one SDF MLP + a deformation MLP, trained from scans."
     Config = ImplicitGlobalConfig
+
+    @classmethod
+    def smoke_config(cls) -> tuple[ImplicitGlobalConfig, ImplicitSampleConfig]:
+        return (ImplicitGlobalConfig(identity_size=8, sdf_hidden=32, sdf_layers=2, expression_size=4, deform_hidden=16,
+                                     deform_layers=2, id_compress=4), SMOKE_SAMPLES)
+
+    @classmethod
+    def for_benchmark(cls, latent_size: int) -> tuple[ImplicitGlobalConfig, TrainerConfig]:
+        # widened so its SDF network has about as many parameters as the local ensemble's field
+        # (5 × 240; comparable size)
+        return ImplicitGlobalConfig(sdf_hidden=240), cls.trainer_defaults()
 
     def __init__(self, config: ImplicitGlobalConfig, frame: Frame, bounds: np.ndarray, n_subjects: int, n_heads: int):
         super().__init__(config, config.identity_size, frame, bounds, n_subjects, n_heads)
@@ -611,8 +662,16 @@ class ImplicitLocalModel(ImplicitModel):
     """`implicit-local`: NPHM — anchored local ensemble (symmetric pairs, sparse K-nearest blending)
     plus the deformation MLP, conditioned on the identity code and the predicted anchors."""
 
+    has_anchors = True
     family = "implicit-local"
+    summary = "NPHM: anchored local SDF ensemble + a deformation MLP, trained from scans."
     Config = ImplicitLocalConfig
+
+    @classmethod
+    def smoke_config(cls) -> tuple[ImplicitLocalConfig, ImplicitSampleConfig]:
+        return (ImplicitLocalConfig(anchor_pairs=4, anchor_midline=2, global_size=8, local_size=4, member_hidden=16,
+                                    member_layers=2, expression_size=4, deform_hidden=16, deform_layers=2,
+                                    neighbours=4, blend_neighbour=3), SMOKE_SAMPLES)
 
     def __init__(self, config: ImplicitLocalConfig, frame: Frame, bounds: np.ndarray, n_subjects: int, n_heads: int,
                  mean_anchors: np.ndarray, anchor_ids: np.ndarray, pairs: int, midline: int):

@@ -58,7 +58,7 @@ from neuralmorph.data.head_model import FACE_REGIONS
 from neuralmorph.errors import InputError
 from neuralmorph.frame import icp_similarity, umeyama
 from neuralmorph.geometry.mesh import Mesh, load_mesh
-from neuralmorph.geometry.sampling import sample_surface
+from neuralmorph.geometry.sampling import sample_barycentrics, sample_surface
 
 NEUTRAL_NAME = "neutral"
 _POOL_STREAM = 1 << 20     # rng stream tag of the pools, apart from the per-item streams (seed, index)
@@ -197,11 +197,9 @@ def barycentric_pairs(source: np.ndarray, target: np.ndarray, faces: np.ndarray,
     """
     tri = source[faces[face_ids]]
     area = np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
-    cdf = np.cumsum(area)
-    pick = np.minimum(np.searchsorted(cdf, rng.random(n) * cdf[-1], side="right"), len(face_ids) - 1)
+    pick, bary = sample_barycentrics(area, n, rng)
     f = faces[face_ids[pick]]
-    r1, r2 = np.sqrt(rng.random(n)), rng.random(n)
-    bary = np.stack([1 - r1, r1 * (1 - r2), r1 * r2], axis=1)[:, :, None]      # (n, 3, 1)
+    bary = bary[:, :, None]      # (n, 3, 1)
     t = rng.normal(0.0, sigma, size=(n, 1))
 
     def place(v, vn):
@@ -221,8 +219,8 @@ class ImplicitSamples(torch.utils.data.Dataset):
     dataset: a HeadDataset with registered heads; split: which heads (None: all); seed: pools and items;
     anchor_ids: (A,) registered vertex ids whose neutral positions an item carries as `anchors`;
     surfaces: "neutral" or "own" (whose scan supervises the SDF); heads: optional manifest indices to
-    restrict to (e.g. one head for a test); root: the dataset folder, where the scans are (None: sample
-    the registered meshes only).
+    restrict to (e.g. one head for a test). Raw scans are read from the dataset's folder when
+    `config.use_scans` is on (off: the registered meshes only).
 
     Attributes: subjects (names, codebook order), head_ids (manifest indices, expression codebook order),
     head_subject (H,) int64, bounds (2, 3) float32 canonical, frame.
@@ -230,7 +228,7 @@ class ImplicitSamples(torch.utils.data.Dataset):
 
     def __init__(self, dataset: HeadDataset, config: ImplicitSampleConfig = ImplicitSampleConfig(),
                  split: str | None = "train", seed: int = 0, anchor_ids: np.ndarray | None = None,
-                 surfaces: str = "neutral", heads: list[int] | None = None, root: str | Path | None = None):
+                 surfaces: str = "neutral", heads: list[int] | None = None):
         if dataset.vertices is None:
             raise InputError("dataset", "the implicit families need registered heads (this dataset holds raw scans only)")
         if surfaces not in ("neutral", "own"):
@@ -275,21 +273,20 @@ class ImplicitSamples(torch.utils.data.Dataset):
         if self.anchor_ids is not None and (self.anchor_ids.min() < 0 or self.anchor_ids.max() >= dataset.n_vertices):
             raise InputError("anchor_ids", f"must index the {dataset.n_vertices} registered vertices")
 
-        root = None if root is None else Path(root)
         pool_heads = sorted(set(self.neutral_of) if surfaces == "neutral" else set(ids))
-        self.pools = {i: self._pool(dataset, i, face_v, root) for i in pool_heads}
+        self.pools = {i: self._pool(dataset, i, face_v) for i in pool_heads}
 
     # --- construction ---------------------------------------------------------------------------------
 
     def _canon(self, mm: np.ndarray) -> np.ndarray:
         return self.frame.to_canonical(mm)
 
-    def _pool(self, dataset: HeadDataset, i: int, face_v: np.ndarray, root: Path | None):
+    def _pool(self, dataset: HeadDataset, i: int, face_v: np.ndarray):
         head = dataset.heads[i]
         reg = self._reg_mm[i]
         surf_v, surf_f = reg, self.faces
-        if self.config.use_scans and head.scan and root is not None:
-            path = Path(root) / head.scan
+        if self.config.use_scans and head.scan:
+            path = dataset.scan_path(head)
             scan = load_mesh(path)
             if len(scan.faces):
                 lm_path = path.with_suffix(".landmarks.txt")

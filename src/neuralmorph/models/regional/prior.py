@@ -18,7 +18,8 @@ import torch
 from neuralmorph.data.dataset import HeadDataset
 from neuralmorph.errors import InputError
 from neuralmorph.frame import umeyama
-from neuralmorph.models.regional.model import RegionalModel, RegionalTrainData, boundary_ring
+from neuralmorph.models.regional.model import RegionalModel, RegionalTrainData
+from neuralmorph.models.regional.regions import boundary_ring
 
 
 def align_region(source_ring: np.ndarray, target_ring: np.ndarray, target_points: np.ndarray,

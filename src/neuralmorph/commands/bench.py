@@ -1,0 +1,47 @@
+"""`neuralmorph bench fidelity | extraction`: measure families side by side, and what implicit mesh
+extraction saves.
+
+`FidelityConfig` and `ExtractionBenchConfig` are the library functions' own inputs
+(`evaluation.fidelity.bench_fidelity`, `evaluation.extraction_bench.bench_extraction`); those run the
+benchmark, write the JSON and return the results; the runners here print the tables.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+from neuralmorph.evaluation.extraction_bench import AIMS, ExtractionBenchConfig, bench_extraction
+from neuralmorph.evaluation.fidelity import FidelityConfig, bench_fidelity
+
+FIDELITY_COLUMNS = ("vertex_error_mm", "face/vertex_error_mm", "chamfer_l1_mm", "fscore@1mm", "chamfer_l1_mm_face",
+                    "fscore@1mm_face")
+"""The metrics `bench fidelity` prints per family (the JSON has them all)."""
+
+
+def run_fidelity(cfg: FidelityConfig) -> dict:
+    """`neuralmorph bench fidelity`: run the benchmark, print one row per family, return the report."""
+    report = bench_fidelity(cfg)
+    keys = FIDELITY_COLUMNS
+    print(f"{'family':16s}" + "".join(f"{k:>21s}" for k in keys))
+    for name, m in report["models"].items():
+        print(f"{name:16s}" + "".join(f"{m[k]:21.3f}" if k in m else f"{'-':>21s}" for k in keys))
+    print(f"-> {Path(cfg.out)}")
+    return report
+
+
+def run_extraction_bench(cfg: ExtractionBenchConfig) -> dict:
+    """`neuralmorph bench extraction`: run the benchmark, print its table against the aims, return the results."""
+    r = bench_extraction(cfg)
+    print(f"{'pass':16s}{'evaluations':>14s}{'median s':>12s}{'vertices':>11s}")
+    for name, key in (("dense", "dense"), ("coarse-to-fine", "coarse_to_fine")):
+        row = r[key]
+        print(f"{name:16s}{row['evaluations']:14d}{float(statistics.median(row['seconds'])):12.2f}{row['vertices']:11d}")
+    lines = [("eval_ratio", r["eval_ratio"], ">="), ("speedup", r["speedup"], ">="),
+             ("chamfer_mm", r["chamfer_mm"], "<="), ("sparse_speedup", r["sparse_speedup"], ">="),
+             ("sparse_max_abs_diff", r["sparse_max_abs_diff"], "<=")]
+    for name, value, sense in lines:
+        shown = "n/a" if value is None else f"{value:.4g}"
+        print(f"{name:22s}{shown:>12s}   aim {sense} {AIMS[name]:g}")
+    print(f"-> {cfg.out}")
+    return r

@@ -1,0 +1,64 @@
+"""Build → train → fit the prior → save: the one path from a dataset to a saved model of any family.
+
+The `train FAMILY` verb, the benchmarks and the demo all call `train_model`; what differs between
+families is decided by the family through the contract (`models/base.py`): whether it trains at all
+(`trainable`), what it trains on (`training_set`, `validation_set`), how it is built and how its prior
+is fitted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from neuralmorph.config import Config
+from neuralmorph.data.dataset import HeadDataset
+from neuralmorph.models.base import ModelConfig, MorphableModel
+from neuralmorph.training import TrainerConfig, is_main_process, train
+
+MODEL_FOLDER = "model"
+"""A trainable family's run folder keeps the finished model here, beside checkpoints/ and the logs."""
+
+
+@dataclass
+class Trained:
+    model: MorphableModel
+    folder: Path            # where the model was saved
+    training_set: Any       # what it was trained on (None for closed-form families)
+
+
+def train_model(family: type[MorphableModel], dataset: HeadDataset, config: ModelConfig, out: str | Path, *,
+                trainer: TrainerConfig | None = None, samples: Config | None = None, split: str = "train",
+                init: str | Path | None = None, resume: bool = False, progress: bool = True,
+                run_info: dict | None = None) -> Trained:
+    """A model of `family` for `dataset`, saved.
+
+    Closed-form families are built and saved to `out`. Trainable ones are built (or loaded from `init`,
+    a saved model of the same family, and given this run's config through `continue_with`), trained by
+    the shared trainer with `out` as the run folder (checkpoints, metrics, `resume`), their priors
+    fitted, and saved to `out/model`. `run_info`: extra fields for the run's run_config.json. Under
+    torchrun only the main process fits the prior and saves.
+    """
+    out = Path(out)
+    if not family.trainable:
+        model = family.build(dataset, config, split=split)
+        model.save(out)
+        return Trained(model, out, None)
+    trainer = trainer if trainer is not None else family.trainer_defaults()
+    data = family.training_set(dataset, config, split, samples, seed=trainer.seed)
+    if init is not None:
+        model = family.load(init).continue_with(config)
+    else:
+        model = family.build(dataset, config, data, split=split, seed=trainer.seed)
+    run = {"family": family.family, "model": model.config.to_dict(), "split": split,
+           "samples": None if samples is None else samples.to_dict(),
+           "init": None if init is None else str(init), **(run_info or {})}
+    model = train(model, data, trainer, out, val_set=family.validation_set(dataset, config, samples),
+                  resume=resume, run_config=run, progress=progress)
+    folder = out / MODEL_FOLDER
+    if is_main_process():
+        model.eval()
+        model.fit_prior(dataset, data)
+        model.save(folder)
+    return Trained(model, folder, data)
