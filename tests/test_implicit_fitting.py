@@ -249,15 +249,16 @@ def test_alignment_finds_an_unknown_pose():
     cloud = single_view_cloud(true_mesh(model))
     pose = Similarity(1.0, _turn(-15.0), np.array([-100.0, 50.0, 300.0]))
     moved = pose.apply(cloud)
-    cfg = ImplicitFitConfig(**{**FAST, "steps": 30, "eval_points": 0, "align": True})
-    res = fit_point_clouds(model, [moved], cfg)
+    cfg = ImplicitFitConfig(**{**FAST, "steps": 30, "eval_points": 0, "align": True}, refine_pose=False)
+    res = fit_point_clouds(model, [moved], cfg)  # the alignment alone
     dt, dr = _pose_error(res.pose, pose)
     assert dt < 1.0 and dr < 0.5
     assert distance_to_mesh(moved, res.meshes[0].vertices, res.meshes[0].faces).mean() < 0.5
     # translation only: exact when the orientation is right
     shifted = Similarity(1.0, np.eye(3), pose.translation)
     res = fit_point_clouds(model, [shifted.apply(cloud)], ImplicitFitConfig(**{**FAST, "steps": 30, "eval_points": 0,
-                                                                               "align": True}, align_rotation=False))
+                                                                               "align": True}, align_rotation=False,
+                                                                            refine_pose=False))
     dt, dr = _pose_error(res.pose, shifted)
     assert dt < 1.0 and dr == 0.0
 
@@ -271,7 +272,8 @@ def test_fits_align_by_default():
         model.prior["expression"].mean.copy_(torch.tensor(TRUE_EX))
     cloud = single_view_cloud(true_mesh(model))
     moved = cloud - cloud.mean(axis=0)
-    assert ImplicitFitConfig().align
+    assert ImplicitFitConfig().align and ImplicitFitConfig().pose_refined  # aligned, then refined with the codes
+    assert not ImplicitFitConfig(align=False).pose_refined                # a known pose is kept as given
     res = fit_point_clouds(model, [moved], ImplicitFitConfig(**{**FAST, "steps": 30, "eval_points": 0, "align": True}))
     assert distance_to_mesh(moved, res.meshes[0].vertices, res.meshes[0].faces).mean() < 0.5
 

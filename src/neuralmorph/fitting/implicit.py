@@ -134,9 +134,10 @@ class ImplicitFitConfig:
     """Let the alignment estimate a scale too (observations in unknown units; needs align_rotation)."""
     align_resolution: int = 64
     """Grid resolution of the average-head mesh the alignment uses."""
-    refine_pose: bool = False
+    refine_pose: bool | None = None
     """Optimise a rigid motion of the observations (one for all of them) jointly with the codes: corrects
-    what the alignment got wrong because the subject differs from the average head."""
+    what the alignment got wrong because the subject differs from the average head. None: on when
+    `align` is (as the mesh families' fits refine their alignment), off when the pose is known."""
     lr_pose_deg: float = 0.1
     """Adam learning rate of the pose refinement's rotation (degrees per step; follows `lr_halve_at`)."""
     lr_pose_mm: float = 0.5
@@ -202,6 +203,11 @@ class ImplicitFitConfig:
             if len(sched) not in (1, len(self.reg_at)) or any(not (math.isfinite(w) and w >= 0) for w in sched):
                 raise InputError(where, f"weights of {name!r} need 1 or {len(self.reg_at)} (one per reg_at "
                                         f"phase) values >= 0, got {tuple(sched)}")
+
+    @property
+    def pose_refined(self) -> bool:
+        """Whether the shared pose is optimised with the codes (`refine_pose`, or by default `align`)."""
+        return self.align if self.refine_pose is None else self.refine_pose
 
     def truncation_units(self, step: int, mm_per_unit: float) -> float:
         """The data term's truncation threshold at `step`, in canonical units."""
@@ -414,7 +420,7 @@ def _optimise(model, ys: list[torch.Tensor], config: ImplicitFitConfig, temporal
     head_shift = [torch.zeros(3, device=dev, requires_grad=True) for _ in range(n)]
     head_centre = [y.mean(dim=0).detach() for y in ys]
     groups = [{"params": [w_id], "lr": config.lr_identity}, {"params": w_ex, "lr": config.lr_expression}]
-    if config.refine_pose:
+    if config.pose_refined:
         groups += [{"params": [rot_deg], "lr": config.lr_pose_deg}, {"params": [shift_mm], "lr": config.lr_pose_mm}]
     if config.head_pose:
         groups += [{"params": head_rot, "lr": config.lr_head_deg}, {"params": head_shift, "lr": config.lr_head_mm}]
@@ -439,7 +445,7 @@ def _optimise(model, ys: list[torch.Tensor], config: ImplicitFitConfig, temporal
         y = torch.stack([ys[i][j] for i, j in zip(sel, picks)])  # (B, P, 3)
         start = torch.stack([starts[i][j] for i, j in zip(sel, picks)])
         inv_start = torch.stack([inverses[i][j] for i, j in zip(sel, picks)])
-        if config.refine_pose:
+        if config.pose_refined:
             y = _move(y, rot_deg, shift_mm, centre, mm_per_unit)
         if config.head_pose:
             y = torch.stack([_move(y[b], head_rot[i], head_shift[i], head_centre[i], mm_per_unit)

@@ -35,14 +35,13 @@ from neuralmorph.errors import InputError
 from neuralmorph.frame import Frame, Similarity
 from neuralmorph.geometry.mesh import Mesh
 from neuralmorph.tensorfile import load_arrays, save_arrays
-from neuralmorph.training.trainer import Trainable
+from neuralmorph.training.trainer import Trainable, TrainerConfig
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
 
 if TYPE_CHECKING:
     from neuralmorph.data.dataset import HeadDataset
-    from neuralmorph.training import TrainerConfig
 
 Latents = dict[str, torch.Tensor]  # space name -> (B, K_space) float32
 
@@ -142,7 +141,7 @@ class MorphableModel(torch.nn.Module, Trainable):
     """What `meshes` comes from, and so which fitting loop serves the family: a registered mesh, or a
     signed-distance field."""
     fits: ClassVar[frozenset[ObservationKind]] = frozenset()
-    """The observation kinds `neuralmorph.fitting.fit` accepts for this family."""
+    """The observation kinds `neuralmorph.fitting.fit_observation` accepts for this family."""
     truncatable: ClassVar[bool] = False
     """Whether `truncated(k, k)` cuts the model to its first k components per space (model-quality curves)."""
     cli_model_prefix: ClassVar[bool] = True
@@ -199,10 +198,8 @@ class MorphableModel(torch.nn.Module, Trainable):
         return None
 
     @classmethod
-    def trainer_defaults(cls) -> "TrainerConfig":
+    def trainer_defaults(cls) -> TrainerConfig:
         """The trainer settings `train FAMILY` starts from (flags override them)."""
-        from neuralmorph.training import TrainerConfig
-
         return TrainerConfig()
 
     def fit_prior(self, dataset: "HeadDataset", training_set: Any = None) -> "MorphableModel":
@@ -214,7 +211,7 @@ class MorphableModel(torch.nn.Module, Trainable):
         raise InputError("--init", f"a {self.family!r} model cannot be trained further from a saved one")
 
     @classmethod
-    def for_benchmark(cls, latent_size: int) -> tuple[ModelConfig, "TrainerConfig | None"]:
+    def for_benchmark(cls, latent_size: int) -> tuple[ModelConfig, TrainerConfig | None]:
         """The config (and trainer settings) `bench fidelity` trains: mesh families at the benchmark's one
         total `latent_size`, others at a comparable size. Default: the family's own defaults."""
         return cls.Config(), (cls.trainer_defaults() if cls.trainable else None)
