@@ -172,7 +172,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         "protocol": {
             "data": {"subjects": cfg.subjects, "expressions": cfg.expressions, "seed": cfg.seed,
                      "train_heads": int(len(data.registered_rows("train"))), "test_heads": len(test)},
-            "model": {"family": "pca", "latent_sizes": model.latent_sizes},
+            "model": {"family": model.family, "latent_sizes": model.latent_sizes},
             "registered_fit": {"heads": len(reg_rows), "method": "closed form with rigid Gauss-Newton alignment",
                                "evaluation": Protocol(n_points=cfg.eval_points, seed=cfg.seed).as_dict()},
             "point_cloud_fit": {"heads": len(pc_rows), "points": 2500, "view": "one near-frontal camera at 650 mm",

@@ -20,7 +20,7 @@ trainer settings, `models.train.train_model` trains it, `fit_observation` / `pro
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ from neuralmorph.geometry.mesh import Mesh
 from neuralmorph.data.observations import Observation
 from neuralmorph.fitting import fit_observation
 from neuralmorph.fitting.implicit import ImplicitFitConfig
-from neuralmorph.models.base import MorphableModel, family_class
+from neuralmorph.models.base import MorphableModel, family_class, registered_families
 from neuralmorph.models.train import train_model
 
 
@@ -45,8 +45,8 @@ class FidelityConfig:
 
     out: Path = Path("fidelity.json")
     """Where to write {"models": {family: {metric: value}}, "protocol": {...}}."""
-    families: tuple[str, ...] = ("pca", "regional", "implicit-global", "implicit-local")
-    """Which families to run."""
+    families: tuple[str, ...] = field(default_factory=registered_families)
+    """Which families to run (default: every registered family)."""
     quick: bool = False
     """Short training (the ≤ 15 min setting on 2 CPU cores); off: the full run."""
     latent_size: int = 32

@@ -61,6 +61,13 @@ def register(cls: type["MorphableModel"]) -> type["MorphableModel"]:
     return cls
 
 
+def registered_families() -> tuple[str, ...]:
+    """Every registered family's name, in registration order."""
+    import neuralmorph.models  # noqa: F401  (registers every family)
+
+    return tuple(MODELS)
+
+
 def family_class(name: str, where: str = "family") -> type["MorphableModel"]:
     """The registered class of family `name`; InputError naming the known ones otherwise."""
     import neuralmorph.models  # noqa: F401  (registers every family)
