@@ -59,15 +59,16 @@ class FitCommand:
     """Implicit families: code-fitting weights, schedules, alignment and meshing (docs/implicit_fitting.md)."""
 
 
-def load_observation(cfg: FitCommand, model: MorphableModel) -> Observation:
-    """The fit's target as an observation of the kind the flags and the file call for."""
+def load_observation(cfg: FitCommand, model: MorphableModel) -> tuple[Observation, Mesh | None]:
+    """The fit's target as an observation of the kind the flags and the file call for, and the target
+    file's mesh (or cloud) when the target is one file (None for a folder)."""
     landmarks = load_points(cfg.landmarks, cfg.units)[0] if cfg.landmarks else None
     path = Path(cfg.target)
     if path.is_dir():
         if cfg.kind == "registered":
             raise InputError("--kind", f"{cfg.target} is a folder; a registered fit takes one mesh")
         target = load_target(path, cfg.units, mesh_points=cfg.n_points, seed=cfg.implicit.seed)
-        return Observation(target.kind, target.names, target.clouds, target.frames, landmarks)
+        return Observation(target.kind, target.names, target.clouds, target.frames, landmarks), None
     mesh = load_mesh(path, units=cfg.units, allow_points=True)
     registered = (not mesh.is_point_cloud and "registered" in model.fits and len(mesh.vertices) == model.n_vertices
                   and np.array_equal(mesh.faces, model.faces.cpu().numpy()))
@@ -75,10 +76,10 @@ def load_observation(cfg: FitCommand, model: MorphableModel) -> Observation:
         model.require_fit("registered", "--kind")
         raise InputError("target", f"is not in the model's topology ({len(mesh.vertices)} vertices); use --kind points")
     if cfg.kind == "registered" or (cfg.kind == "auto" and registered):
-        return Observation("registered", (path.name,), (mesh.vertices,), landmarks=landmarks)
+        return Observation("registered", (path.name,), (mesh.vertices,), landmarks=landmarks), mesh
     points = mesh.vertices if mesh.is_point_cloud else \
         sample_surface(mesh.vertices, mesh.faces, cfg.n_points, cfg.implicit.seed)[0]
-    return Observation("points", (path.name,), (points,), landmarks=landmarks)
+    return Observation("points", (path.name,), (points,), landmarks=landmarks), mesh
 
 
 def observation_metrics(observation: Observation, result: FitResult, target: Mesh | None) -> dict:
@@ -99,11 +100,9 @@ def observation_metrics(observation: Observation, result: FitResult, target: Mes
 def run_fit(cfg: FitCommand) -> dict:
     start = time.perf_counter()
     model = MorphableModel.load(cfg.model, device=cfg.device)
-    observation = load_observation(cfg, model)
-    model.require_fit(observation.kind)
+    observation, target = load_observation(cfg, model)  # target: the file's mesh; None for a folder
     result = fit_observation(model, observation, cfg.fit, cfg.implicit, cfg.landmark_weight, progress=True)
-    single = not Path(cfg.target).is_dir()  # one file, one fitted head: fit.ply; a folder: one per observation
-    target = load_mesh(cfg.target, units=cfg.units, allow_points=True) if single else None
+    single = target is not None  # one file, one fitted head: fit.ply; a folder: one per observation
     metrics = observation_metrics(observation, result, target)
     fit_info = {"kind": observation.kind, "family": model.family, "observations": len(result.meshes),
                 "seconds": time.perf_counter() - start, "pose": result.pose.as_dict(),
