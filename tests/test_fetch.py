@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import neuralmorph.data.fetch as fx
+from neuralmorph.atomic import MARKER
 from neuralmorph.commands.data import FetchConfig, run_fetch
 from neuralmorph.errors import InputError
 
@@ -141,7 +142,7 @@ def test_fetch_from_archive_extracts_license_and_source(tmp_path, no_network):
     assert folder == cache / "simpop"
     names = {p.name for p in folder.iterdir()}
     assert names == {f"SIMPOP_{k:02d}.obj" for k in range(1, 46)} | {
-        "SIMPOP_Metadata.xlsx", "LICENSE.txt", "SOURCE.json"}  # no code, nothing else
+        "SIMPOP_Metadata.xlsx", "LICENSE.txt", "SOURCE.json", MARKER}  # no code, nothing else but our marker
     lic = (folder / "LICENSE.txt").read_text()
     assert "Copyright (c) 2023 test" in lic and "harrymatthews50" in lic
     src = json.loads((folder / "SOURCE.json").read_text())
@@ -304,7 +305,7 @@ def test_load_james_reorders_to_ibug(tmp_path, no_network):
     cache = tmp_path / "cache"
     fx.fetch("james", cache, make_james_sdist(tmp_path / "menpo3d-0.8.6.tar.gz"), progress=False)
     names = {p.name for p in (cache / "james").iterdir()}
-    assert names == {"james.obj", "james.obj.mtl", "james.jpg", "james.ljson", "LICENSE.txt", "SOURCE.json"}
+    assert names == {"james.obj", "james.obj.mtl", "james.jpg", "james.ljson", "LICENSE.txt", "SOURCE.json", MARKER}
     mesh, lms = fx.load_james(cache)
     assert mesh.vertices.shape == (4, 3) and mesh.faces.shape == (2, 3)  # seams never split vertices
     assert lms.shape == (68, 3)

@@ -570,8 +570,8 @@ def test_cli_fit_writes_meshes_latents_and_metrics(tmp_path, forward_model):
     main(["fit", "--model", str(tmp_path / "model"), "--target", str(clouds), "--out", str(out),
           "--implicit.steps", "20", "--implicit.points-per-step", "200", "--implicit.mesh-resolution", "24",
           "--implicit.eval-points", "300", "--implicit.reg-weights.expression-norm", "0.5"])
-    assert sorted(p.name for p in out.iterdir()) == ["fit_000.latents.json", "fit_000.ply", "fit_001.latents.json",
-                                                      "fit_001.ply", "latents.json", "metrics.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".neuralmorph", "fit_000.latents.json", "fit_000.ply",
+                                                      "fit_001.latents.json", "fit_001.ply", "latents.json", "metrics.json"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert [o["name"] for o in metrics["observations"]] == ["s0.npy", "s1.npy"]
     for o in metrics["observations"]:

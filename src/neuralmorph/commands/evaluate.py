@@ -173,12 +173,13 @@ def run_evaluate(cfg: EvaluateConfig) -> None:
 
 
 def run_evaluate_model(cfg: EvaluateModelConfig) -> dict:
-    from neuralmorph.atomic import atomic_dir, write_json
+    from neuralmorph.atomic import atomic_dir, check_output_dir, write_json
     from neuralmorph.data.dataset import HeadDataset
     from neuralmorph.evaluation.model_quality import model_quality, quality_plots
     from neuralmorph.evaluation.report import Report
     from neuralmorph.models.base import MorphableModel
 
+    check_output_dir(cfg.out, "model-quality report")
     start = time.perf_counter()
     model = MorphableModel.load(cfg.model, device=cfg.device)
     result = model_quality(model, HeadDataset.load(cfg.data), cfg.sizes, cfg.samples, cfg.seed)
@@ -189,7 +190,7 @@ def run_evaluate_model(cfg: EvaluateModelConfig) -> dict:
     for title, svg in quality_plots(result):
         report.add_svg(title, svg)
     report.add_json("Protocol", result["protocol"])
-    with atomic_dir(cfg.out) as tmp:
+    with atomic_dir(cfg.out, "model-quality report") as tmp:
         write_json(tmp / "model_quality.json", result)
         report.write(tmp / "model_quality.html")
     m = result["metrics"]

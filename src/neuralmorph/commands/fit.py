@@ -14,7 +14,7 @@ from typing import Literal
 
 import numpy as np
 
-from neuralmorph.atomic import atomic_dir, write_json
+from neuralmorph.atomic import atomic_dir, check_output_dir, write_json
 from neuralmorph.data.observations import Observation, load_target
 from neuralmorph.errors import InputError
 from neuralmorph.evaluation.protocol import Protocol, evaluate
@@ -99,6 +99,7 @@ def observation_metrics(observation: Observation, result: FitResult, target: Mes
 
 def run_fit(cfg: FitCommand) -> dict:
     start = time.perf_counter()
+    check_output_dir(cfg.out, "fit")
     model = MorphableModel.load(cfg.model, device=cfg.device)
     observation, target = load_observation(cfg, model)  # target: the file's mesh; None for a folder
     result = fit_observation(model, observation, cfg.fit, cfg.implicit, cfg.landmark_weight, progress=True)
@@ -108,7 +109,7 @@ def run_fit(cfg: FitCommand) -> dict:
                 "seconds": time.perf_counter() - start, "pose": result.pose.as_dict(),
                 "config": asdict(cfg.fit) if model.geometry == "mesh" else asdict(cfg.implicit),
                 **result.diagnostics()}
-    with atomic_dir(cfg.out) as tmp:
+    with atomic_dir(cfg.out, "fit") as tmp:
         if single:
             save_mesh(tmp / "fit.ply", result.meshes[0])
             save_latents(tmp / "latents.json", model, result.latents, pose=result.pose.as_dict(), fit_kind=observation.kind)

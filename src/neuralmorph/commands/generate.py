@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from neuralmorph.atomic import atomic_dir
+from neuralmorph.atomic import atomic_dir, check_output_dir
 from neuralmorph.errors import InputError
 from neuralmorph.geometry.mesh import save_mesh
 from neuralmorph.models.base import Latents, MorphableModel
@@ -111,7 +111,7 @@ def _check_resolution(resolution: int) -> None:
 
 def _write_heads(model: MorphableModel, latents: Latents, folder: Path, stem: str, resolution: int) -> None:
     meshes = model.meshes(latents, resolution=resolution)
-    with atomic_dir(folder) as tmp:
+    with atomic_dir(folder, "set of heads") as tmp:
         for i, mesh in enumerate(meshes):
             save_mesh(tmp / f"{stem}_{i:03d}.ply", mesh)
             save_latents(tmp / f"{stem}_{i:03d}.json", model, {k: z[i:i + 1] for k, z in latents.items()})
@@ -129,12 +129,14 @@ def transfer(identity_of: Latents, expression_of: Latents) -> Latents:
 
 
 def run_sample(cfg: SampleConfig) -> None:
+    check_output_dir(cfg.out, "set of heads")
     model = MorphableModel.load(cfg.model, device=cfg.device)
     _write_heads(model, model.sample(cfg.n, cfg.temperature, cfg.seed), cfg.out, "sample", cfg.resolution)
     print(f"sampled {cfg.n} heads (temperature {cfg.temperature}, seed {cfg.seed}) -> {cfg.out}")
 
 
 def run_interpolate(cfg: InterpolateConfig) -> None:
+    check_output_dir(cfg.out, "set of heads")
     model = MorphableModel.load(cfg.model, device=cfg.device)
     path = interpolate(load_latents(cfg.start, model), load_latents(cfg.end, model), cfg.steps)
     _write_heads(model, path, cfg.out, "interp", cfg.resolution)

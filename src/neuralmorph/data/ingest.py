@@ -18,7 +18,7 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from neuralmorph.atomic import atomic_dir
+from neuralmorph.atomic import atomic_dir, check_output_dir
 from neuralmorph.data.dataset import SPLITS, Head, HeadDataset
 from neuralmorph.errors import InputError
 from neuralmorph.frame import Frame, umeyama
@@ -148,6 +148,7 @@ def _splits(rows: list[ManifestRow], fraction: float, seed: int) -> list[str]:
 
 def ingest(config: IngestConfig, progress: bool = True) -> HeadDataset:
     """Validate every mesh in the manifest and write the dataset to `config.out`; returns it."""
+    check_output_dir(config.out, "dataset")  # before any work: never over a folder of the user's
     rows = read_manifest(config.manifest)
     splits = _splits(rows, config.test_fraction, config.seed)
     if config.kind == "scans":
@@ -174,7 +175,7 @@ def ingest(config: IngestConfig, progress: bool = True) -> HeadDataset:
     heads = [Head(r.subject, r.expression, s, i) for i, (r, s) in enumerate(zip(rows, splits))]
     dataset = HeadDataset(heads, vertices.astype(np.float32), first[1].faces, landmark_ids, region_names,
                           region_weights, Frame.fit(vertices.mean(axis=0)))
-    with atomic_dir(config.out) as tmp:
+    with atomic_dir(config.out, "dataset") as tmp:
         dataset.save(tmp)
     dataset.folder = Path(config.out)  # saved in a temporary sibling, renamed into place
     return dataset
@@ -187,7 +188,7 @@ def _safe_name(label: str) -> str:
 
 def _ingest_scans(config: IngestConfig, rows: list[ManifestRow], splits: list[str], progress: bool) -> HeadDataset:
     heads = []
-    with atomic_dir(config.out) as tmp:
+    with atomic_dir(config.out, "dataset") as tmp:
         for row, split in tqdm(list(zip(rows, splits)), desc="ingest", unit="scan", disable=not progress):
             mesh = load_mesh(row.path, units=config.units)
             rel = f"scans/{_safe_name(row.subject)}_{_safe_name(row.expression)}.ply"

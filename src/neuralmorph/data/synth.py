@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from neuralmorph.atomic import atomic_dir
+from neuralmorph.atomic import atomic_dir, check_output_dir
 from neuralmorph.data.dataset import Head, HeadDataset
 from neuralmorph.data.head_model import HeadModel, Phenotype
 from neuralmorph.data.scan import ScanConfig, raw_scan
@@ -95,6 +95,7 @@ def sample_expression(model: HeadModel, rng: np.random.Generator, max_jaw_deg: f
 
 def synthesize(config: SynthConfig, model: HeadModel | None = None, progress: bool = True) -> HeadDataset:
     """Generate the dataset described by `config` and write it to `config.out`; returns it."""
+    check_output_dir(config.out, "dataset")  # before any work: never over a folder of the user's
     model = model or HeadModel.load()
     # Heads are stored centred on the template's bounding box, so the data sit around the origin.
     template_frame = Frame.fit(model.vertices)
@@ -107,7 +108,7 @@ def synthesize(config: SynthConfig, model: HeadModel | None = None, progress: bo
 
     heads, verts = [], []
     params = {"phenotype": [], "local": [], "face_units": [], "jaw": [], "neck": []}
-    with atomic_dir(config.out) as tmp:
+    with atomic_dir(config.out, "dataset") as tmp:
         for s in tqdm(range(config.subjects), desc="synth", unit="subject", disable=not progress):
             rng = np.random.default_rng([config.seed, s])
             pheno, local = sample_identity(model, rng, config.local_fraction)

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from neuralmorph.atomic import atomic_dir, write_json
+from neuralmorph.atomic import atomic_dir, check_output_dir, write_json
 from neuralmorph.data.head_model import FACE_REGIONS
 from neuralmorph.errors import InputError
 from neuralmorph.evaluation.protocol import Protocol, evaluate
@@ -434,6 +434,7 @@ def write_real_evaluation(model_dir: Path, dataset: Literal["simpop", "james"], 
     with an InputError before any work when the data set was not fetched.
     """
     start = time.perf_counter()
+    check_output_dir(out, "real-data evaluation")
     targets, name = _targets(dataset, cache, max_faces)  # InputError before any work if not fetched
     model = MorphableModel.load(model_dir, device=device)
     fits = fit_targets(model, targets, settings, progress=progress, desc=f"fit {name}")
@@ -441,7 +442,7 @@ def write_real_evaluation(model_dir: Path, dataset: Literal["simpop", "james"], 
     seconds = time.perf_counter() - start
     summary["protocol"]["wall_seconds"] = seconds
     summary["protocol"]["device"] = device
-    with atomic_dir(Path(out)) as tmp:  # the folder appears complete or not at all
+    with atomic_dir(Path(out), "real-data evaluation") as tmp:  # the folder appears complete or not at all
         write_json(tmp / "metrics.json", summary)
         write_report(tmp / "report.html", summary, fits, n_render=renders, seconds=seconds)
     return summary

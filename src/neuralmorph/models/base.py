@@ -331,7 +331,7 @@ class MorphableModel(torch.nn.Module, Trainable):
             "region_names": list(self.region_names),
         }
         arrays = {k: v.detach().cpu().contiguous().numpy() for k, v in self.state_dict().items()}
-        with atomic_dir(folder) as tmp:
+        with atomic_dir(folder, "model") as tmp:
             (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
             save_arrays(tmp / WEIGHTS_FILE, arrays, {"family": self.family})
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from neuralmorph.atomic import check_output_dir
 from neuralmorph.config import Config
 from neuralmorph.data.dataset import HeadDataset
 from neuralmorph.models.base import ModelConfig, MorphableModel
@@ -42,6 +43,7 @@ def train_model(family: type[MorphableModel], dataset: HeadDataset, config: Mode
     """
     out = Path(out)
     if not family.trainable:
+        check_output_dir(out, "model")
         model = family.build(dataset, config, split=split)
         model.save(out)
         return Trained(model, out, None)

@@ -158,7 +158,7 @@ def save_checkpoint(out: Path, step: int, model_state: dict[str, torch.Tensor], 
             opt_tensors[f"rng.{rank}.{kind}"] = tensor
         rng_json[str(rank)] = rng["json"]
     full_state = {"format": FORMAT, "step": step, **state, "optimizer": opt_json, "rng": rng_json}
-    with atomic_dir(root / name) as tmp:
+    with atomic_dir(root / name, "checkpoint") as tmp:
         save_arrays(tmp / WEIGHTS_FILE, model_state, {"format": FORMAT, "step": step})
         save_arrays(tmp / OPTIMIZER_FILE, opt_tensors, {"format": FORMAT, "step": step})
         (tmp / STATE_FILE).write_text(json.dumps(full_state, indent=1, sort_keys=True, allow_nan=True) + "\n")
