@@ -100,6 +100,18 @@ class DepthFrame:
         return pts
 
 
+def depth_clouds(frames: Sequence[DepthFrame]) -> tuple[np.ndarray, ...]:
+    """Each frame back-projected: (K_i, 3) float64 world points (mm); InputError naming a frame without
+    a valid pixel."""
+    clouds = []
+    for fr in frames:
+        pts = fr.points()
+        if len(pts) == 0:
+            raise InputError(fr.name, "no valid depth pixels (every value is 0 or NaN)")
+        clouds.append(pts)
+    return tuple(clouds)
+
+
 @dataclass(frozen=True, eq=False)
 class Observation:
     """What a fit starts from: observations of one subject, millimetres, in the observer's coordinates.
@@ -250,13 +262,7 @@ def load_target(path: str | Path, units: str = "mm", mesh_points: int = 10_000, 
     if path.is_dir():
         if (path / SEQUENCE_FILE).exists():
             frames = load_depth_sequence(path)
-            clouds = []
-            for fr in frames:
-                pts = fr.points()
-                if len(pts) == 0:
-                    raise InputError(fr.name, "no valid depth pixels (every value is 0 or NaN)")
-                clouds.append(pts)
-            return Observation("depth", tuple(Path(f.name).name for f in frames), tuple(clouds), tuple(frames))
+            return Observation("depth", tuple(Path(f.name).name for f in frames), depth_clouds(frames), tuple(frames))
         files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in CLOUD_SUFFIXES
                        and not p.name.startswith("."))
         if not files:

@@ -46,10 +46,9 @@ from neuralmorph.fitting.result import FitResult
 from neuralmorph.frame import Similarity
 from neuralmorph.geometry.mesh import Mesh
 from neuralmorph.geometry.rotation import rotvec_to_matrix_torch
-from neuralmorph.data.observations import DepthFrame
+from neuralmorph.data.observations import DepthFrame, depth_clouds
 from neuralmorph.models.base import GaussianPrior, Latents
 from neuralmorph.models.implicit.roots import RootFinding, invert_deformation
-
 
 
 REG_SCALE = 0.1
@@ -586,12 +585,5 @@ def fit_depth_sequence(model, frames: Sequence[DepthFrame | tuple], config: Impl
     camera-to-world (4, 4) float64, OpenCV camera axes). Each frame is back-projected to a world point cloud
     (mm) and fitted like `fit_point_clouds(..., sequence=True)`; `pose` maps the model frame to world.
     """
-    clouds = []
-    for i, fr in enumerate(frames):
-        if not isinstance(fr, DepthFrame):
-            fr = DepthFrame(*fr, name=f"frame {i}")
-        pts = fr.points()
-        if len(pts) == 0:
-            raise InputError(fr.name, "no valid depth pixels (every value is 0 or NaN)")
-        clouds.append(pts)
-    return _fit(model, clouds, config, pose, True, progress)
+    frames = [fr if isinstance(fr, DepthFrame) else DepthFrame(*fr, name=f"frame {i}") for i, fr in enumerate(frames)]
+    return _fit(model, list(depth_clouds(frames)), config, pose, True, progress)

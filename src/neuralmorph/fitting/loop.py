@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from neuralmorph.errors import InputError
-from neuralmorph.fitting.align import average_head, initial_pose  # noqa: F401  (initial_pose: re-exported)
+from neuralmorph.fitting.align import average_head
 from neuralmorph.fitting.result import FitResult
 from neuralmorph.fitting.terms import robust
 from neuralmorph.frame import Similarity, umeyama
