@@ -9,7 +9,7 @@ ImplicitFitConfig and a head pose per observation (as the fidelity benchmark) at
 fit is scored against the registered ground truth with the fidelity benchmark's protocol (render, 20 mm
 neck cut; face region, mm). Reported per step count: median fit seconds (fitting and meshing), the mean
 face chamfer-L1 and face F@1mm; and the smallest step count whose error is within 5% of the longest
-run's, with its time — the issue's "time to within 5% of the final error". With --subjects 6 --steps 300
+run's, with its time: the time to within 5% of the final error. With --subjects 6 --steps 300
 the clouds and fit settings are the fidelity benchmark's (same seed, same order).
 """
 

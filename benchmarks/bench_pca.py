@@ -38,7 +38,7 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         data = synthesize(SynthConfig(out=Path(tmp) / "d", subjects=args.subjects, expressions=args.expressions,
-                                      scans=False), progress=False)
+                                      scans=False, val_fraction=0.0), progress=False)  # the demo's train/test split
     full = PCAModel.build(data, PCAConfig(identity_dims=10_000, expression_dims=10_000))
     test = torch.as_tensor(data.vertices[data.registered_rows("test")])
     errors = {}

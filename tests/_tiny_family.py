@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--noise", type=float, default=0.0)
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--val", action="store_true")
+    p.add_argument("--test", action="store_true", help="also score 5 further held-out heads after the last step")
     p.add_argument("--resume", action="store_true")
     a = p.parse_args(argv)
     torch.manual_seed(0)
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = TrainerConfig(max_steps=a.steps, batch_size=a.batch, lr=a.lr, warmup_steps=2, checkpoint_every=a.checkpoint_every,
                         val_every=4, log_every=2, seed=3, tensorboard=False)
     train(model, TinyHeads(a.n), cfg, Path(a.out), val_set=TinyHeads(6, start=a.n) if a.val else None, resume=a.resume,
-          run_config={"family": "tiny", "noise": a.noise, "n": a.n, "resume": a.resume}, progress=False)
+          test_set=TinyHeads(5, start=a.n + 6) if a.test else None, run_config={"family": "tiny", "noise": a.noise, "n": a.n, "resume": a.resume}, progress=False)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,18 @@
+import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from neuralmorph.data.synth import SynthConfig, synthesize
+
+# Threads: torch starts one per core, which on a shared machine oversubscribes the cores every other job
+# needs. Unless the caller chose (OMP_NUM_THREADS), the tests use at most 2 threads, and so do the CLI
+# processes they start (which read OMP_NUM_THREADS when torch loads).
+if "OMP_NUM_THREADS" not in os.environ:
+    _threads = min(2, os.cpu_count() or 1)
+    torch.set_num_threads(_threads)
+    os.environ["OMP_NUM_THREADS"] = str(_threads)
 
 
 @pytest.fixture(scope="session")

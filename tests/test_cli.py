@@ -22,6 +22,48 @@ def test_every_verb_has_help(verb):
     assert "usage: neuralmorph" in res.stdout
 
 
+def _all_verbs(level=None, prefix=()):
+    from neuralmorph.commands import COMMANDS
+
+    for name, entry in (COMMANDS if level is None else level).items():
+        if isinstance(entry, dict):
+            yield from _all_verbs(entry, (*prefix, name))
+        else:
+            yield [*prefix, name]
+
+
+@pytest.mark.parametrize("verb", list(_all_verbs()), ids=" ".join)
+def test_help_reads_cleanly(verb, capsys, monkeypatch):
+    """Every verb's --help: optional flags show their value's kind (PATH, not {None}|PATH), at most one
+    --device, no research notes or issue numbers, and field help as flowing sentences: a help line ends
+    only where the next word would not fit (never where the source docstring broke its line)."""
+    from neuralmorph.cli import _parse
+
+    monkeypatch.setenv("COLUMNS", "100")
+    with pytest.raises(SystemExit) as exit_:
+        _parse([*verb, "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert "usage: neuralmorph" in text
+    assert "{None}" not in text and ",None}" not in text, text
+    body = text.split("\n\n", 1)[1]  # after the usage lines; boxed (│ ... │) or plain, by terminal
+    rows = [line[1:-1] if line.startswith("│") else line for line in body.splitlines() if line.startswith(("│", " "))]
+    assert len(rows) > 3, text
+    flags = [row.split()[0].rstrip(",") for row in rows if row.lstrip().startswith("--")]
+    assert len([f for f in flags if f == "--device" or f.endswith(".device")]) <= 1, flags
+    for note in ("(NPHM", "; NPHM", "(MonoNPHM", "MonoNPHM's", "(LAMM)", "LAMM;", "issue", "docs/benchmarks.md",
+                 "measured"):
+        assert note not in text, note
+    for above, below in zip(rows, rows[1:]):
+        upper, lower = above.rstrip(), below.strip()
+        flag_only = upper.lstrip().startswith(("-", "{")) and "  " not in upper.strip()
+        if not lower or not upper.strip() or flag_only or lower.startswith(("-", "{", "─")) or "─" in upper:
+            continue
+        if below.startswith(" " * (len(below) - len(below.lstrip()))) and not below.lstrip().startswith("-"):
+            room = len(above) - 1 - len(upper)  # free columns left on the line above (one is padding)
+            assert room < len(lower.split()[0]) + 1, f"line broken early:\n{above}\n{below}"
+
+
 def _one_clean_error(res, *needles):
     assert res.returncode != 0
     assert "Traceback" not in res.stderr
@@ -88,3 +130,22 @@ def test_data_info_summarises(small_synth):
     assert res.returncode == 0, res.stderr
     assert "9 heads of 3 subjects" in res.stdout
     assert "raw scans: 9" in res.stdout
+
+
+def test_demo_threads_follow_omp_num_threads_or_the_cores(monkeypatch):
+    import os
+
+    import torch
+
+    from neuralmorph.commands.demo import MAX_THREADS, _set_threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        assert _set_threads() == min(cores, MAX_THREADS) == torch.get_num_threads()
+        torch.set_num_threads(1)
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")  # set: torch read it at start-up; the demo leaves it be
+        assert _set_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -110,7 +110,8 @@ def test_bad_inputs(model_dir, tmp_path, pca_data):
     _one_line_error(nm("fit", "--model", model_dir, "--target", other, "--out", tmp_path / "f", "--kind", "registered"),
                     "topology")
     assert not (tmp_path / "f").exists()
-    _one_line_error(nm("train", "pca", "--data", tmp_path, "--out", tmp_path / "m"), "manifest")
+    (tmp_path / "no_data").mkdir()
+    _one_line_error(nm("train", "pca", "--data", tmp_path / "no_data", "--out", tmp_path / "m"), "manifest")
     _one_line_error(nm("sample", "--model", model_dir, "--out", tmp_path / "s", "--n", 0), "--n")
 
 
@@ -130,10 +131,41 @@ def test_train_regional_stage_1_then_2_and_edit(pca_data, tmp_path):
     res = nm("train", "regional", "--data", pca_data, "--out", tmp_path / "r2", "--init", tmp_path / "r1" / "model",
              "--model.stage", 2, "--max-steps", 3, *small)
     assert res.returncode == 0, res.stderr
-    res = nm("edit", "--model", tmp_path / "r2" / "model", "--target", head, "--resample-region", "nose",
-             "--out", tmp_path / "e.ply")
+    # three steps of stage 2 (all inside the warm-up) leave the control pathway without effect: the edit is
+    # refused rather than written as an unchanged head (tests/test_edit.py edits with a trained one)
+    _one_line_error(nm("edit", "--model", tmp_path / "r2" / "model", "--target", head, "--resample-region", "nose",
+                       "--out", tmp_path / "e.ply"), tmp_path / "r2" / "model", "control pathway has no effect")
+    assert not (tmp_path / "e.ply").exists() and not (tmp_path / "e.json").exists()
+
+
+def test_fit_prints_both_directions_and_warns_about_an_untrained_model(model_dir, pca_data, tmp_path):
+    from neuralmorph.data.dataset import HeadDataset
+
+    ds = HeadDataset.load(pca_data)
+    head = tmp_path / "head.ply"
+    save_mesh(head, Mesh(ds.vertices[ds.registered_rows("test")[0]].astype(np.float64), ds.faces))
+    # a PCA model built normally: no warning, and one line with completeness, accuracy and chamfer
+    res = nm("fit", "--model", model_dir, "--target", head, "--out", tmp_path / "pca_fit")
     assert res.returncode == 0, res.stderr
-    assert load_mesh(tmp_path / "e.ply").vertices.shape == load_mesh(head).vertices.shape
+    assert "warning" not in res.stderr, res.stderr
+    m = json.loads((tmp_path / "pca_fit" / "metrics.json").read_text())["metrics"]
+    line = [l for l in res.stdout.splitlines() if l.startswith("fitted")]
+    assert len(line) == 1, res.stdout
+    for text in (f"completeness (target->fit) {m['completeness_mm']:.3f} mm", f"accuracy (fit->target) "
+                 f"{m['accuracy_mm']:.3f} mm", f"chamfer-L1 {m['chamfer_l1_mm']:.3f} mm"):
+        assert text in line[0], line[0]
+
+    # a regional model trained for one step: the fit runs, with one warning line saying why
+    small = ["--model.dim", 32, "--model.heads", 2, "--model.encoder-depth", 1, "--model.decoder-depth", 1,
+             "--model.latent-size", 8, "--batch-size", 8, "--checkpoint-every", 0, "--no-tensorboard"]
+    res = nm("train", "regional", "--data", pca_data, "--out", tmp_path / "r", "--max-steps", 1, *small)
+    assert res.returncode == 0, res.stderr
+    res = nm("fit", "--model", tmp_path / "r" / "model", "--target", head, "--out", tmp_path / "regional_fit")
+    assert res.returncode == 0, res.stderr
+    warnings = [l for l in res.stderr.splitlines() if "warning" in l]
+    assert len(warnings) == 1 and warnings[0].startswith("neuralmorph: warning: "), res.stderr
+    assert "1 optimiser step" in warnings[0] and "warm-up" in warnings[0]
+    assert (tmp_path / "regional_fit" / "fit.ply").is_file()
 
 
 def test_train_regional_under_torchrun_two_cpu_processes(pca_data, tmp_path):

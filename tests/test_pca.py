@@ -118,3 +118,33 @@ def test_bad_model_inputs(data, tmp_path):
         model.check_latents({"identity": torch.zeros(1, 4)})
     with pytest.raises(InputError, match="shape"):
         model.check_latents({"identity": torch.zeros(1, 3), "expression": torch.zeros(1, 4)})
+
+
+def test_training_record_and_untrained_criterion(data, tmp_path):
+    """A PCA model built by `train_model` records its held-out error next to the mean head's, keeps it
+    through save/load, and raises no concern; the criterion flags a missing record, an unusable one and
+    a held-out error no better than the mean head's."""
+    from neuralmorph.models.train import train_model
+
+    model = train_model(PCAModel, data, PCAConfig(6, 6), tmp_path / "m", progress=False).model
+    rec = model.training_record
+    held = rec["held_out"]
+    assert rec["split"] == "train" and rec["steps"] is None and held["metric"] == "vertex_error_mm"
+    # the held-out heads are every registered head outside the train split; the numbers are theirs
+    rows = [h.registered for h in data.heads if h.registered >= 0 and h.split != "train"]
+    truth = torch.as_tensor(data.vertices[rows])
+    mean_head = torch.as_tensor(data.vertices[data.registered_rows("train")].astype(np.float64).mean(0)).float()
+    assert held["items"] == len(rows)
+    assert held["value"] == pytest.approx(float((model.decode(model.project(truth)) - truth).norm(dim=-1).mean()), rel=1e-5)
+    assert held["mean_head"] == pytest.approx(float((truth - mean_head).norm(dim=-1).mean()), rel=1e-5)
+    assert 0 < held["value"] < held["mean_head"]
+    assert model.training_concerns() == []
+    loaded = MorphableModel.load(tmp_path / "m")
+    assert loaded.training_record == rec and loaded.training_concerns() == []
+
+    loaded.training_record = None
+    assert "no training history" in " ".join(loaded.training_concerns())
+    loaded.training_record = {**rec, "held_out": {**held, "value": held["mean_head"]}}
+    assert "no better than its mean head" in " ".join(loaded.training_concerns())
+    loaded.training_record = {**rec, "held_out": {**held, "value": float("nan")}}
+    assert "not usable" in " ".join(loaded.training_concerns())

@@ -242,3 +242,34 @@ def test_continue_with_applies_run_fields_and_refuses_weight_shaping_ones(ds):
     assert not bool(cont.decoder_mask.any())
     with pytest.raises(InputError, match="--model.dim"):
         model.continue_with(RegionalConfig(**{**TINY, "dim": 64}, stage=2))
+
+
+def test_training_validates_on_val_and_scores_test_once(ds, tmp_path):
+    """train_model hands the trainer the val split as `val/...` (every val_every steps) and the test split
+    as `test/...` (after the last step); a split trained on never scores the run."""
+    import csv
+
+    from neuralmorph.models.train import train_model
+
+    assert len(ds.registered_rows("val")) and len(ds.registered_rows("test"))
+    for split in ("val", "test"):
+        scored = getattr(RegionalModel, "validation_set" if split == "val" else "test_set")(ds, RegionalConfig(**TINY))
+        assert torch.equal(scored.vertices, torch.as_tensor(ds.vertices[ds.registered_rows(split)]))
+    trainer = TrainerConfig(max_steps=4, batch_size=8, val_every=2, log_every=1, checkpoint_every=0, tensorboard=False)
+    model = train_model(RegionalModel, ds, RegionalConfig(**TINY), tmp_path / "run", trainer=trainer,
+                        progress=False).model
+    with open(tmp_path / "run" / "metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["step"] for r in rows if r["val/vertex_error_mm"]] == ["2", "4"]
+    assert [r["step"] for r in rows if r["test/vertex_error_mm"]] == ["4"]
+    for split in ("val", "test"):   # each column is its own split's error under the final weights
+        heads = torch.as_tensor(ds.vertices[ds.registered_rows(split)])
+        expected = model.eval().validation_metrics({"vertices": heads})["vertex_error_mm"]
+        assert float(rows[-1][f"{split}/vertex_error_mm"]) == pytest.approx(expected, rel=1e-4)
+    # trained on the val split: nothing validates it, the test split still scores the end
+    train_model(RegionalModel, ds, RegionalConfig(**TINY), tmp_path / "on_val", trainer=trainer, split="val",
+                progress=False)
+    with open(tmp_path / "on_val" / "metrics.csv") as fh:
+        reader = csv.DictReader(fh)
+        columns, last = reader.fieldnames, list(reader)[-1]
+    assert not any(c.startswith("val/") for c in columns) and last["test/vertex_error_mm"]

@@ -215,7 +215,7 @@ def test_render_verb(tmp_path):
     save_mesh(tmp_path / "other.ply", Mesh(*sphere(subdivisions=1)))
     with pytest.raises(InputError, match="correspondence"):
         run_render(RenderConfig(mesh=tmp_path / "s.ply", out=tmp_path / "x.png",
-                                errors_against=tmp_path / "other.ply"))
+                                errors_against=tmp_path / "other.ply", error_kind="vertex"))
     with pytest.raises(InputError):
         RenderConfig(mesh=tmp_path / "s.ply", out=tmp_path / "x.png", views=("sideways",))
     with pytest.raises(InputError):
@@ -238,3 +238,114 @@ def test_coverage_culling_loses_no_hit():
         full = r._caster.cast(cam)[0]
         cand = r._coverage(cam)
         assert np.array_equal(cand[r._caster.cast_rays(cam.position, _pixel_rays(cam, cand, 1))[0]], full)
+
+
+def grid_plane(n: int, half: float = 40.0, z: float = 0.0):
+    """An n x n-cell square grid in the plane at height z (vertices (n+1)^2, normal +z)."""
+    xs = np.linspace(-half, half, n + 1)
+    gx, gy = np.meshgrid(xs, xs, indexing="ij")
+    v = np.stack([gx.ravel(), gy.ravel(), np.full(gx.size, z)], axis=1)
+    ids = np.arange(gx.size).reshape(n + 1, n + 1)
+    a, b, c, d = ids[:-1, :-1].ravel(), ids[1:, :-1].ravel(), ids[1:, 1:].ravel(), ids[:-1, 1:].ravel()
+    return v, np.concatenate([np.stack([a, b, c], 1), np.stack([a, c, d], 1)])
+
+
+def printed_errors(out: str) -> tuple[str, float, float]:
+    """(kind, mean, max) from the render verb's printed line."""
+    import re
+
+    m = re.search(r"error kind (\w+) \(.*\): mean ([0-9.]+) mm, max ([0-9.]+) mm", out)
+    assert m, out
+    return m.group(1), float(m.group(2)), float(m.group(3))
+
+
+def test_surface_heat_map_against_meshes_and_clouds_of_other_sizes(tmp_path, capsys):
+    from neuralmorph.cli import main
+    from neuralmorph.render import heatmap_errors
+
+    # a coarse plane 3 mm above a finer, larger one: every vertex is 3 mm from the other surface
+    v, f = grid_plane(4, half=40.0, z=3.0)
+    gv, gf = grid_plane(9, half=60.0)
+    save_mesh(tmp_path / "pred.ply", Mesh(v, f))
+    save_mesh(tmp_path / "gt.ply", Mesh(gv, gf))
+    err, kind = heatmap_errors(v, gv, gf)
+    assert kind == "surface" and np.allclose(err, 3.0, atol=1e-12)
+    main(["render", "--mesh", str(tmp_path / "pred.ply"), "--errors-against", str(tmp_path / "gt.ply"),
+          "--out", str(tmp_path / "e.png"), "--views", "front", "--size", "48", "--vmax-mm", "5"])
+    kind, mean, worst = printed_errors(capsys.readouterr().out)
+    assert (kind, mean, worst) == ("surface", 3.0, 3.0)
+    from PIL import Image
+
+    img = np.asarray(Image.open(tmp_path / "e.png").convert("RGB"))
+    # the plane's pixels carry the colour of 3 mm on a 5 mm scale (shaded): hue of the ramp at 0.6
+    expected = error_colors(np.array([3.0]), 5.0)[0].astype(float)
+    centre = img[24, 24].astype(float)
+    assert np.allclose(centre / np.linalg.norm(centre), expected / np.linalg.norm(expected), atol=0.03)
+
+    # a point-cloud ground truth: the distance to its nearest point; cloud points under each vertex, shifted
+    # 4 mm sideways, are sqrt(3^2 + 4^2) = 5 mm away
+    save_mesh(tmp_path / "cloud.ply", Mesh(v - [0.0, 4.0, 3.0], np.zeros((0, 3), int)))
+    main(["render", "--mesh", str(tmp_path / "pred.ply"), "--errors-against", str(tmp_path / "cloud.ply"),
+          "--error-kind", "surface", "--out", str(tmp_path / "c.png"), "--views", "front", "--size", "32"])
+    kind, mean, worst = printed_errors(capsys.readouterr().out)
+    assert kind == "surface" and mean == worst == 5.0
+
+    # a sphere moved 2 mm along its vertex normals: 2 mm per vertex in correspondence (auto picks vertex),
+    # and exactly 2 mm to the convex sphere's surface too (the vertex normal lies in the vertex's normal cone)
+    sv, sf = sphere(subdivisions=2)
+    moved = Mesh(sv, sf)
+    moved = Mesh(sv + 2.0 * moved.vertex_normals, sf)
+    err_v, kind_v = heatmap_errors(moved.vertices, sv, sf)
+    err_s, kind_s = heatmap_errors(moved.vertices, sv, sf, "surface")
+    assert (kind_v, kind_s) == ("vertex", "surface")
+    assert np.allclose(err_v, 2.0) and np.allclose(err_s, 2.0, atol=1e-9)
+    save_mesh(tmp_path / "moved.ply", moved)
+    save_mesh(tmp_path / "sphere.ply", Mesh(sv, sf))
+    main(["render", "--mesh", str(tmp_path / "moved.ply"), "--errors-against", str(tmp_path / "sphere.ply"),
+          "--out", str(tmp_path / "m.png"), "--views", "front", "--size", "32"])
+    assert printed_errors(capsys.readouterr().out) == ("vertex", 2.0, 2.0)
+    with pytest.raises(InputError, match="correspondence"):
+        heatmap_errors(v, gv, gf, "vertex", "gt.ply")
+
+
+def test_render_writes_png_or_jpeg_and_refuses_other_suffixes(tmp_path, capsys):
+    from PIL import Image
+
+    from neuralmorph.atomic import is_signed
+    from neuralmorph.cli import main
+
+    v, f = sphere(subdivisions=1)
+    save_mesh(tmp_path / "s.ply", Mesh(v, f))
+    for name, fmt in (("a.jpg", "JPEG"), ("b.JPEG", "JPEG"), ("c.png", "PNG")):
+        main(["render", "--mesh", str(tmp_path / "s.ply"), "--out", str(tmp_path / name), "--views", "front",
+              "--size", "32"])
+        with Image.open(tmp_path / name) as im:
+            assert im.format == fmt and im.size == (32, 32)
+        assert is_signed(tmp_path / name)  # ours: a later --overwrite may replace it
+    capsys.readouterr()
+    for name in ("x.bmp", "x.jpg.txt", "x"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["render", "--mesh", str(tmp_path / "s.ply"), "--out", str(tmp_path / name)])
+        assert exit_.value.code != 0
+        err = capsys.readouterr().err
+        assert "--out" in err and ".png" in err and err.count("\n") == 1, err
+        assert not (tmp_path / name).exists()
+
+
+@pytest.mark.parametrize("vertices, problem", [
+    (np.full((4, 3), 7.0), "coincide"),                                     # one point, four times
+    (np.array([[0.0, 0, 0], [1, 0, 0], [2, 0, 0], [3, 0, 0]]), "zero area"),  # collinear triangles
+])
+def test_render_refuses_meshes_with_nothing_to_frame(tmp_path, capsys, vertices, problem):
+    from neuralmorph.cli import main
+
+    save_mesh(tmp_path / "flat.ply", Mesh(vertices, [[0, 1, 2], [1, 2, 3]]))
+    save_mesh(tmp_path / "dot.ply", Mesh(np.full((3, 3), -2.0), np.zeros((0, 3), int)))
+    for mesh in ("flat.ply", "dot.ply"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["render", "--mesh", str(tmp_path / mesh), "--out", str(tmp_path / "r.png")])
+        assert exit_.value.code != 0
+        err = capsys.readouterr().err
+        assert err.startswith("neuralmorph: error: ") and mesh in err and err.count("\n") == 1, err
+        assert (problem if mesh == "flat.ply" else "coincide") in err
+        assert not (tmp_path / "r.png").exists()

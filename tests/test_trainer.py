@@ -146,10 +146,36 @@ def test_train_writes_checkpoints_logs_and_config(tmp_path):
     assert model.training_loss({"vertices": data.vertices}, 0)[0].item() < 0.6 * loss0
 
 
+def test_val_and_test_sets_are_logged_under_their_own_names(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    val, test = TinyHeads(6, start=24), TinyHeads(5, start=30)   # two disjoint held-out sets
+    out = tmp_path / "run"
+    model = train(_model(), TinyHeads(24), _cfg(tensorboard=True), out, val_set=val, test_set=test, progress=False)
+    rows = _rows(out / "metrics.csv")
+    assert {"val/mse", "val/mean_err", "test/mse", "test/mean_err"} <= set(rows[0])
+    assert [int(r["step"]) for r in rows if r["val/mse"]] == [6, 12]     # every val_every steps and at the end
+    assert [int(r["step"]) for r in rows if r["test/mse"]] == [12]       # the test split only once, at the end
+    # each column holds its own set's score under the final weights (one batch each: batch_size 8)
+    with torch.no_grad():
+        on_val = model.validation_metrics({"vertices": val.vertices})
+        on_test = model.validation_metrics({"vertices": test.vertices})
+    for name in ("mse", "mean_err"):
+        assert float(rows[-1][f"val/{name}"]) == pytest.approx(on_val[name], rel=1e-5)
+        assert float(rows[-1][f"test/{name}"]) == pytest.approx(on_test[name], rel=1e-5)
+    assert on_val["mse"] != pytest.approx(on_test["mse"], rel=1e-3)
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "val/mse", "test/mse"} <= tags, tags
+    assert [e.step for e in events.Scalars("test/mse")] == [12]
+
+
 def test_validation_does_not_change_the_training_trajectory(tmp_path):
     a = train(_model(noise=0.1), TinyHeads(24), _cfg(), tmp_path / "a", progress=False)
     b = train(_model(noise=0.1), TinyHeads(24), _cfg(val_every=1), tmp_path / "b", val_set=TinyHeads(6, start=24),
-              progress=False)
+              test_set=TinyHeads(5, start=30), progress=False)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
@@ -180,7 +206,7 @@ def test_diverging_loss_stops_with_a_clear_error(tmp_path):
 # --- kill and resume, DDP -----------------------------------------------------------------------------
 
 def test_kill_after_checkpoint_then_resume_is_bit_identical(tmp_path):
-    args = [sys.executable, str(SCRIPT), "--steps", "16", "--checkpoint-every", "4", "--noise", "0.1", "--val"]
+    args = [sys.executable, str(SCRIPT), "--steps", "16", "--checkpoint-every", "4", "--noise", "0.1", "--val", "--test"]
     env = _env()
     subprocess.run(args + ["--out", str(tmp_path / "full")], env=env, check=True, capture_output=True)
     killed = subprocess.run(args + ["--out", str(tmp_path / "cut")], env={**env, KILL_HOOK_ENV: "8"}, capture_output=True)
@@ -197,7 +223,7 @@ def test_kill_after_checkpoint_then_resume_is_bit_identical(tmp_path):
 
 
 def test_ddp_two_cpu_processes_match_one_process(tmp_path):
-    common = ["--steps", "6", "--checkpoint-every", "3", "--batch", "8", "--val"]
+    common = ["--steps", "6", "--checkpoint-every", "3", "--batch", "8", "--val", "--test"]
     env = _env()
     ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
                           str(SCRIPT), "--out", str(tmp_path / "ddp"), *common],
@@ -216,6 +242,7 @@ def test_ddp_two_cpu_processes_match_one_process(tmp_path):
     rows_b = _rows(tmp_path / "one" / "metrics.csv")
     assert [r["step"] for r in rows_a] == [r["step"] for r in rows_b]
     assert float(rows_a[-1]["val/mse"]) == pytest.approx(float(rows_b[-1]["val/mse"]), rel=1e-5)
+    assert float(rows_a[-1]["test/mse"]) == pytest.approx(float(rows_b[-1]["test/mse"]), rel=1e-5)  # 3 + 2 heads
 
 
 class _PreviewAutoencoder(TinyAutoencoder):

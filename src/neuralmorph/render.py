@@ -1,4 +1,4 @@
-"""Shaded pictures of heads: ray-cast meshes, splatted point clouds, error heat-maps and PNG output.
+"""Shaded pictures of heads: ray-cast meshes, splatted point clouds, error heat-maps, PNG and JPEG output.
 
 Frame: +y up, +z where the face looks, +x the subject's left, millimetres (any unit works: framing is
 automatic). A view name becomes a camera that frames a bounding box, so two meshes rendered with the
@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .atomic import atomic_file
+from .atomic import SIGNATURE, atomic_file
 from .errors import InputError
 from .geometry.barycentric import barycentric
 from .geometry.camera import Camera, look_at
@@ -503,13 +503,17 @@ def png_bytes(image: np.ndarray) -> bytes:
     import io
 
     from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
 
     a = np.asarray(image)
     if a.dtype != np.uint8 or a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (3, 4)):
         raise ValueError(f"expected an (H, W[, 3|4]) uint8 image, got {a.shape} {a.dtype}")
     buf = io.BytesIO()
-    # no metadata chunks (no time stamps) and a fixed compression level: deterministic bytes
-    Image.fromarray(np.ascontiguousarray(a)).save(buf, format="PNG", compress_level=6)
+    # one text chunk (the signature that marks the file ours; no time stamps) and a fixed compression
+    # level: deterministic bytes
+    info = PngInfo()
+    info.add_text("Software", SIGNATURE)
+    Image.fromarray(np.ascontiguousarray(a)).save(buf, format="PNG", compress_level=6, pnginfo=info)
     return buf.getvalue()
 
 
@@ -518,6 +522,94 @@ def save_png(path: str | os.PathLike, image: np.ndarray) -> None:
     data = png_bytes(image)
     with atomic_file(path) as tmp:
         tmp.write_bytes(data)
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+"""What `save_image` writes, by suffix: lossless PNG, or JPEG (smaller, lossy: error colours blur a little)."""
+
+
+def jpeg_bytes(image: np.ndarray, quality: int = 95) -> bytes:
+    """JPEG encoding of an (H, W), (H, W, 3) or (H, W, 4) uint8 image (alpha dropped), with `SIGNATURE`
+    in a comment segment right after the JFIF header (what marks the file ours); same pixels -> same bytes."""
+    import io
+    import struct
+
+    from PIL import Image
+
+    a = _as_rgb(image)
+    buf = io.BytesIO()
+    # fixed quality and 4:2:0 chroma subsampling, no EXIF and no time stamps: deterministic bytes
+    Image.fromarray(np.ascontiguousarray(a)).save(buf, format="JPEG", quality=int(quality), subsampling=2)
+    data = buf.getvalue()
+    # SOI (2 bytes), then Pillow's APP0/JFIF segment (marker, 2-byte big-endian length counting itself)
+    at = 2 + (2 + struct.unpack(">H", data[4:6])[0] if data[2:4] == b"\xff\xe0" else 0)
+    text = SIGNATURE.encode()
+    return data[:at] + b"\xff\xfe" + struct.pack(">H", len(text) + 2) + text + data[at:]
+
+
+def save_image(path: str | os.PathLike, image: np.ndarray) -> None:
+    """Write an (H, W[, 3|4]) uint8 image atomically, as PNG or JPEG by the suffix (`IMAGE_SUFFIXES`)."""
+    suffix = os.path.splitext(str(path))[1].lower()
+    if suffix not in IMAGE_SUFFIXES:
+        raise InputError(path, f"cannot write {suffix or 'a file without a suffix'}; use one of "
+                               f"{', '.join(IMAGE_SUFFIXES)}")
+    data = png_bytes(image) if suffix == ".png" else jpeg_bytes(image)
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def check_renderable(vertices: np.ndarray, faces: np.ndarray, where: str | os.PathLike) -> None:
+    """InputError naming `where` when there is nothing to frame or see: non-finite coordinates, all
+    vertices at one point (a bounding box of zero size), or (faces (F, 3) given) no triangle with area.
+
+    vertices: (V, 3) float; faces: (F, 3) int, or (0, 3) for a point cloud.
+    """
+    v = np.asarray(vertices, dtype=np.float64).reshape(-1, 3)
+    if len(v) == 0 or not np.isfinite(v).all():
+        raise InputError(where, "has no vertices or non-finite coordinates; nothing to render")
+    with np.errstate(over="ignore", invalid="ignore"):
+        extent = float(np.linalg.norm(np.ptp(v, axis=0)))
+    if not np.isfinite(extent):
+        raise InputError(where, "spans more than floating point can frame; check the coordinates and units")
+    if not extent > 0:
+        raise InputError(where, f"all {len(v)} vertices coincide (its bounding box has zero size); nothing to render")
+    f = np.asarray(faces, dtype=np.int64).reshape(-1, 3)
+    if len(f) and not (np.linalg.norm(np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]]), axis=1) > 0).any():
+        raise InputError(where, "every triangle has zero area (the vertices are collinear); nothing to render")
+
+
+ERROR_KINDS = ("auto", "vertex", "surface")
+"""How `heatmap_errors` compares a shape with its ground truth (see there)."""
+
+
+def heatmap_errors(vertices: np.ndarray, gt_vertices: np.ndarray, gt_faces: np.ndarray, kind: str = "auto",
+                   where: str | os.PathLike = "ground truth") -> tuple[np.ndarray, str]:
+    """Per-vertex errors of a shape against a ground truth, in the shape's units, for a heat-map.
+
+    vertex: |v_i - g_i|, for shapes in correspondence (same vertex count, same order); surface: each
+    vertex's distance to the ground truth's surface (exact point-to-triangle, `distance_to_mesh`), or to its
+    nearest point when the ground truth is a point cloud; auto: vertex when the vertex counts match,
+    surface otherwise.
+
+    vertices: (V, 3) float; gt_vertices: (G, 3) float; gt_faces: (F, 3) int, (0, 3) for a point cloud;
+    where: what errors name (the ground-truth file).
+    Returns errors (V,) float64 and the kind used ("vertex" or "surface").
+    """
+    from .geometry.distance import distance_to_mesh, nearest_neighbors
+
+    if kind not in ERROR_KINDS:
+        raise InputError("error kind", f"unknown {kind!r}; expected one of {', '.join(ERROR_KINDS)}")
+    v = np.asarray(vertices, dtype=np.float64).reshape(-1, 3)
+    g = np.asarray(gt_vertices, dtype=np.float64).reshape(-1, 3)
+    f = np.asarray(gt_faces, dtype=np.int64).reshape(-1, 3)
+    if kind == "auto":
+        kind = "vertex" if len(g) == len(v) else "surface"
+    if kind == "vertex":
+        if len(g) != len(v):
+            raise InputError(where, f"has {len(g)} vertices, the rendered shape {len(v)}: per-vertex errors need "
+                                    "meshes in correspondence (use the surface error kind)")
+        return np.linalg.norm(v - g, axis=1), kind
+    return (distance_to_mesh(v, g, f) if len(f) else nearest_neighbors(v, g)[0]), kind
 
 
 def render_views(vertices: np.ndarray, faces: np.ndarray, views: Sequence[str] = ("front", "three_quarter", "side"),

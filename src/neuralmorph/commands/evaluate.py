@@ -14,10 +14,12 @@ from typing import Literal
 
 from neuralmorph.errors import InputError
 from neuralmorph.fitting import FitConfig
+from neuralmorph.geometry.mesh import check_mesh_suffix
+from neuralmorph.outputs import Output, Verb
 
 
 @dataclass(frozen=True)
-class AlignConfig:
+class AlignConfig(Verb):
     """Align a mesh or point cloud to a reference surface (landmarks, then similarity ICP)."""
 
     source: Path
@@ -35,9 +37,17 @@ class AlignConfig:
     units: Literal["mm", "cm", "dm", "m"] = "mm"
     """Units of both input files."""
 
+    def __post_init__(self):
+        check_mesh_suffix("--out", self.out)
+        if (self.source_landmarks is None) != (self.target_landmarks is None):
+            raise InputError("--source-landmarks/--target-landmarks", "give both landmark files or neither")
+
+    def outputs(self) -> list[Output]:
+        return [Output("--out", self.out, None), Output("--out (its transform)", self.out.with_suffix(".json"), None)]
+
 
 @dataclass(frozen=True)
-class EvaluateConfig:
+class EvaluateConfig(Verb):
     """Compare a predicted mesh (or point cloud) with a ground-truth mesh; metrics in millimetres."""
 
     pred: Path
@@ -60,13 +70,17 @@ class EvaluateConfig:
     """YAML/JSON mapping region name -> ground-truth vertex ids, for region-restricted metrics."""
 
     def __post_init__(self):
+        if self.out.suffix.lower() != ".json":
+            raise InputError("--out", f"{self.out}: the metrics are written as JSON; give a .json file name")
         if self.n_points < 1 or self.views < 1:
             raise InputError("--n-points/--views", f"must be positive, got {self.n_points} and {self.views}")
 
 
 @dataclass(frozen=True)
-class EvaluateModelConfig:
+class EvaluateModelConfig(Verb):
     """Model quality: compactness, generalisation and specificity (mm) against a dataset, with plots."""
+
+    out_kind = "model-quality report"
 
     model: Path
     """Model folder."""
@@ -89,8 +103,10 @@ class EvaluateModelConfig:
 
 
 @dataclass(frozen=True)
-class RealEvalConfig:
+class RealEvalConfig(Verb):
     """Fit a trained model to a public real data set (SIMPOP faces or the james scan) and score it."""
+
+    out_kind = "real-data evaluation"
 
     model: Path
     """Model folder (from `neuralmorph train`)."""
@@ -105,8 +121,9 @@ class RealEvalConfig:
     landmark_weight: float = 0.1
     """Weight of the landmark term in the fit."""
     protocol: Literal["render", "points"] = "render"
-    """Evaluation sampling: render (NPHM's visible-surface protocol; ignores the model's mouth and eye
-    pockets) or points (area-weighted samples of the cropped surfaces)."""
+    """Evaluation sampling: render (only surface visible from the protocol's cameras, as NPHM evaluates, so
+    the model's mouth and eye pockets do not count) or points (area-weighted samples of the cropped
+    surfaces)."""
     eval_points: int = 100_000
     """Points per surface in the evaluation protocol."""
     renders: int = 3
@@ -116,7 +133,7 @@ class RealEvalConfig:
     fit: FitConfig = field(default_factory=FitConfig)
     """The fitting loop's weights and schedule."""
     cache: Path | None = None
-    """Data cache root; default $NEURALMORPH_CACHE, else ~/.cache/neuralmorph."""
+    """Data cache root (unset: $NEURALMORPH_CACHE when set, else ~/.cache/neuralmorph)."""
 
     def __post_init__(self):
         if self.max_faces < 1 or self.n_points < 10 or self.eval_points < 1 or self.renders < 0:
@@ -127,32 +144,40 @@ class RealEvalConfig:
 
 
 def run_align(cfg: AlignConfig) -> None:
-    from neuralmorph.atomic import write_json
+    from neuralmorph.atomic import output_files, write_json
     from neuralmorph.frame import icp_similarity, umeyama
-    from neuralmorph.geometry.mesh import Mesh, load_mesh, load_points, save_mesh
+    from neuralmorph.geometry.mesh import Mesh, check_cloud, load_landmarks, load_mesh, save_mesh
 
     src = load_mesh(cfg.source, units=cfg.units, allow_points=True)
+    check_cloud(cfg.source, src.vertices)
     ref = load_mesh(cfg.target, units=cfg.units)
+    if not ref.area > 0:
+        raise InputError(cfg.target, "the reference mesh has zero surface area; nothing to align to")
     init = None
-    if (cfg.source_landmarks is None) != (cfg.target_landmarks is None):
-        raise InputError("--source-landmarks/--target-landmarks", "give both landmark files or neither")
     if cfg.source_landmarks is not None:
-        lm_src, _ = load_points(cfg.source_landmarks, cfg.units)
-        lm_dst, _ = load_points(cfg.target_landmarks, cfg.units)
+        lm_src = load_landmarks(cfg.source_landmarks, cfg.units)
+        lm_dst = load_landmarks(cfg.target_landmarks, cfg.units)
         if lm_src.shape != lm_dst.shape:
             raise InputError(cfg.source_landmarks, f"has {len(lm_src)} landmarks, {cfg.target_landmarks} has {len(lm_dst)}")
-        init = umeyama(lm_src, lm_dst, with_scale=cfg.scale)
-    result = icp_similarity(src.vertices, ref.vertices, ref.faces, init=init, with_scale=cfg.scale)
-    save_mesh(cfg.out, Mesh(result.transform.apply(src.vertices), src.faces))
+        try:
+            init = umeyama(lm_src, lm_dst, with_scale=cfg.scale)
+        except ValueError as exc:  # each set is fine alone, but together they fix no pose
+            raise InputError(cfg.source_landmarks, f"and {cfg.target_landmarks} determine no alignment: {exc}") from None
+    try:
+        result = icp_similarity(src.vertices, ref.vertices, ref.faces, init=init, with_scale=cfg.scale)
+    except ValueError as exc:  # the similarity degenerated (e.g. its scale collapsed)
+        raise InputError(cfg.source, f"cannot be aligned to {cfg.target}: {exc}") from None
     summary = {"transform": result.transform.as_dict(), "rmse_mm": result.rmse_mm,
                "inlier_fraction": result.inlier_fraction, "iterations": result.iterations}
-    write_json(Path(cfg.out).with_suffix(".json"), summary)
+    with output_files(cfg.out, cfg.out.with_suffix(".json"), overwrite=cfg.overwrite) as (mesh_tmp, json_tmp):
+        save_mesh(mesh_tmp, Mesh(result.transform.apply(src.vertices), src.faces))
+        write_json(json_tmp, summary)
     print(f"aligned {cfg.source} -> {cfg.out}: rmse {result.rmse_mm:.3f} mm after {result.iterations} iterations, "
           f"scale {result.transform.scale:.4f}")
 
 
 def run_evaluate(cfg: EvaluateConfig) -> None:
-    from neuralmorph.atomic import write_json
+    from neuralmorph.atomic import output_files, write_json
     from neuralmorph.data.ingest import read_regions
     from neuralmorph.evaluation.protocol import Protocol, evaluate
     from neuralmorph.geometry.mesh import load_mesh
@@ -164,8 +189,9 @@ def run_evaluate(cfg: EvaluateConfig) -> None:
         names, weights = read_regions(cfg.regions, len(gt.vertices))
         regions = {n: (weights[:, i] > 0).nonzero()[0] for i, n in enumerate(names)}
     result = evaluate(pred, gt, Protocol(kind=cfg.protocol, n_points=cfg.n_points, n_views=cfg.views, seed=cfg.seed),
-                      regions=regions)
-    write_json(cfg.out, result)
+                      regions=regions, names=(str(cfg.pred), str(cfg.gt), str(cfg.regions)))
+    with output_files(cfg.out, overwrite=cfg.overwrite) as (tmp,):
+        write_json(tmp, result)
     m = result["metrics"]
     print(f"{cfg.pred} vs {cfg.gt} ({cfg.protocol}): accuracy {m['accuracy_mm']:.3f} mm, completeness "
           f"{m['completeness_mm']:.3f} mm, chamfer-L1 {m['chamfer_l1_mm']:.3f} mm, F@2.5mm {m['fscore@2.5mm']:.3f}"
@@ -173,16 +199,15 @@ def run_evaluate(cfg: EvaluateConfig) -> None:
 
 
 def run_evaluate_model(cfg: EvaluateModelConfig) -> dict:
-    from neuralmorph.atomic import atomic_dir, check_output_dir, write_json
+    from neuralmorph.atomic import atomic_dir, write_json
     from neuralmorph.data.dataset import HeadDataset
     from neuralmorph.evaluation.model_quality import model_quality, quality_plots
     from neuralmorph.evaluation.report import Report
     from neuralmorph.models.base import MorphableModel
 
-    check_output_dir(cfg.out, "model-quality report")
     start = time.perf_counter()
     model = MorphableModel.load(cfg.model, device=cfg.device)
-    result = model_quality(model, HeadDataset.load(cfg.data), cfg.sizes, cfg.samples, cfg.seed)
+    result = model_quality(model, HeadDataset.load(cfg.data), cfg.sizes, cfg.samples, cfg.seed, where=str(cfg.model))
     report = Report(f"Model quality: {cfg.model}")
     c = result["curves"]
     report.add_metrics_table("Per latent size", [{"k": k, "generalisation (mm)": g, "specificity (mm)": s}
@@ -190,7 +215,7 @@ def run_evaluate_model(cfg: EvaluateModelConfig) -> dict:
     for title, svg in quality_plots(result):
         report.add_svg(title, svg)
     report.add_json("Protocol", result["protocol"])
-    with atomic_dir(cfg.out, "model-quality report") as tmp:
+    with atomic_dir(cfg.out, "model-quality report", cfg.overwrite) as tmp:
         write_json(tmp / "model_quality.json", result)
         report.write(tmp / "model_quality.html")
     m = result["metrics"]
@@ -207,7 +232,8 @@ def run_real_eval(cfg: RealEvalConfig) -> dict:
     settings = RealSettings(n_points=cfg.n_points, landmark_weight=cfg.landmark_weight, fit=cfg.fit,
                             protocol=Protocol(kind=cfg.protocol, n_points=cfg.eval_points))
     summary = write_real_evaluation(cfg.model, cfg.dataset, cfg.out, settings, cache=cfg.cache,
-                                    max_faces=cfg.max_faces, renders=cfg.renders, device=cfg.device)
+                                    max_faces=cfg.max_faces, renders=cfg.renders, device=cfg.device,
+                                    overwrite=cfg.overwrite)
     m, p = summary["metrics"], summary["protocol"]
     print(f"{p['dataset']}: {len(summary['per_target'])} targets, completeness {m['completeness_mm']:.2f} mm, accuracy "
           f"{m['accuracy_mm']:.2f} mm, F@2.5mm {m['fscore@2.5mm']:.3f}, landmark error {m[LANDMARK_KEY]:.2f} mm "

@@ -2,11 +2,16 @@
 or to a folder of observations of one subject (clouds, or a depth sequence), through
 `fitting.fit_observation`. One file gives fit.ply; a folder one fit_NNN.ply per observation. The
 metrics are computed here: the evaluation protocol against a target mesh, or the observed points'
-distance to their fitted mesh.
+distance to their fitted mesh. The line it prints gives completeness (target->fit), accuracy
+(fit->target) and their mean, the chamfer-L1, against a target mesh; against a point cloud only the
+one-sided target->fit distance (the rest of the fitted head has nothing observed to be near). Before
+fitting it warns (one stderr line) when the model's training record says it may never have learned
+(`warn_if_untrained`).
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -14,22 +19,25 @@ from typing import Literal
 
 import numpy as np
 
-from neuralmorph.atomic import atomic_dir, check_output_dir, write_json
+from neuralmorph.atomic import atomic_dir, write_json
 from neuralmorph.data.observations import Observation, load_target
 from neuralmorph.errors import InputError
 from neuralmorph.evaluation.protocol import Protocol, evaluate
 from neuralmorph.fitting import FitConfig, FitResult, fit_observation
 from neuralmorph.fitting.implicit import ImplicitFitConfig
 from neuralmorph.geometry.distance import distance_to_mesh
-from neuralmorph.geometry.mesh import Mesh, load_mesh, load_points, save_mesh
+from neuralmorph.geometry.mesh import Mesh, check_cloud, load_landmarks, load_mesh, save_mesh
 from neuralmorph.geometry.sampling import sample_surface
 from neuralmorph.models.base import MorphableModel
 from neuralmorph.models.latents import save_latents
+from neuralmorph.outputs import Verb
 
 
 @dataclass(frozen=True)
-class FitCommand:
+class FitCommand(Verb):
     """Fit a trained model to a registered mesh, a raw scan or a (partial) point cloud."""
+
+    out_kind = "fit"
 
     model: Path
     """Model folder (from `neuralmorph train`)."""
@@ -52,7 +60,7 @@ class FitCommand:
     landmark_weight: float = 0.1
     """Weight of the landmark term in a points fit (when --landmarks is given)."""
     device: str = "cpu"
-    """Torch device, e.g. cuda."""
+    """Torch device to load the model on and fit with: cpu, cuda, cuda:1, mps."""
     fit: FitConfig = field(default_factory=FitConfig)
     """The fitting loop's weights and schedule (mesh families)."""
     implicit: ImplicitFitConfig = field(default_factory=ImplicitFitConfig)
@@ -62,7 +70,7 @@ class FitCommand:
 def load_observation(cfg: FitCommand, model: MorphableModel) -> tuple[Observation, Mesh | None]:
     """The fit's target as an observation of the kind the flags and the file call for, and the target
     file's mesh (or cloud) when the target is one file (None for a folder)."""
-    landmarks = load_points(cfg.landmarks, cfg.units)[0] if cfg.landmarks else None
+    landmarks = load_landmarks(cfg.landmarks, cfg.units) if cfg.landmarks else None
     path = Path(cfg.target)
     if path.is_dir():
         if cfg.kind == "registered":
@@ -74,9 +82,12 @@ def load_observation(cfg: FitCommand, model: MorphableModel) -> tuple[Observatio
                   and np.array_equal(mesh.faces, model.faces.cpu().numpy()))
     if cfg.kind == "registered" and not registered:
         model.require_fit("registered", "--kind")
-        raise InputError("target", f"is not in the model's topology ({len(mesh.vertices)} vertices); use --kind points")
+        raise InputError(path, f"is not in the model's topology ({len(mesh.vertices)} vertices); use --kind points")
+    check_cloud(path, mesh.vertices, "vertices" if not mesh.is_point_cloud else "points")
     if cfg.kind == "registered" or (cfg.kind == "auto" and registered):
         return Observation("registered", (path.name,), (mesh.vertices,), landmarks=landmarks), mesh
+    if not mesh.is_point_cloud and not mesh.area > 0:
+        raise InputError(path, "the mesh has zero surface area; nothing to sample")
     points = mesh.vertices if mesh.is_point_cloud else \
         sample_surface(mesh.vertices, mesh.faces, cfg.n_points, cfg.implicit.seed)[0]
     return Observation("points", (path.name,), (points,), landmarks=landmarks), mesh
@@ -86,7 +97,8 @@ def observation_metrics(observation: Observation, result: FitResult, target: Mes
     """The evaluation protocol's metrics of the fit against the target mesh (single observations), or
     per observation the one-sided distance of its points to its fitted mesh (mm)."""
     if target is not None:
-        return evaluate(result.meshes[0], target, Protocol(kind="points", n_points=100_000))
+        return evaluate(result.meshes[0], target, Protocol(kind="points", n_points=100_000),
+                        names=("the fitted head", str(observation.names[0]), "regions"))
     rows = []
     for i, (name, cloud, mesh) in enumerate(zip(observation.names, observation.clouds, result.meshes)):
         d = distance_to_mesh(cloud, mesh.vertices, mesh.faces)
@@ -97,11 +109,21 @@ def observation_metrics(observation: Observation, result: FitResult, target: Mes
     return {"observations": rows}
 
 
+def warn_if_untrained(model: MorphableModel, where: Path) -> None:
+    """One stderr line when the model's training record says it may never have learned: no record, an
+    absurd one, a run that stopped inside its learning-rate warm-up, or a held-out error no better than
+    the mean head's (the criterion: `MorphableModel.training_concerns`). A warning, not an error: the fit
+    still runs, since a deliberately tiny model is a legitimate thing to fit."""
+    concerns = model.training_concerns()
+    if concerns:
+        print(f"neuralmorph: warning: {where}: the model may not have learned: {'; '.join(concerns)}", file=sys.stderr)
+
+
 def run_fit(cfg: FitCommand) -> dict:
     start = time.perf_counter()
-    check_output_dir(cfg.out, "fit")
     model = MorphableModel.load(cfg.model, device=cfg.device)
     observation, target = load_observation(cfg, model)  # target: the file's mesh; None for a folder
+    warn_if_untrained(model, cfg.model)
     result = fit_observation(model, observation, cfg.fit, cfg.implicit, cfg.landmark_weight, progress=True)
     single = target is not None  # one file, one fitted head: fit.ply; a folder: one per observation
     metrics = observation_metrics(observation, result, target)
@@ -109,7 +131,7 @@ def run_fit(cfg: FitCommand) -> dict:
                 "seconds": time.perf_counter() - start, "pose": result.pose.as_dict(),
                 "config": asdict(cfg.fit) if model.geometry == "mesh" else asdict(cfg.implicit),
                 **result.diagnostics()}
-    with atomic_dir(cfg.out, "fit") as tmp:
+    with atomic_dir(cfg.out, "fit", cfg.overwrite) as tmp:
         if single:
             save_mesh(tmp / "fit.ply", result.meshes[0])
             save_latents(tmp / "latents.json", model, result.latents, pose=result.pose.as_dict(), fit_kind=observation.kind)
@@ -129,7 +151,12 @@ def run_fit(cfg: FitCommand) -> dict:
     if target is not None:
         m = metrics["metrics"]
         extra = f", vertex error {m['vertex_error_mm']:.3f} mm" if "vertex_error_mm" in m else ""
-        print(f"fitted {cfg.target} ({observation.kind}): target->fit {m['completeness_mm']:.3f} mm{extra} "
+        if target.is_point_cloud:  # a (partial) cloud: the fit's unobserved surface has nothing to be near
+            scores = f"target->fit {m['completeness_mm']:.3f} mm"
+        else:
+            scores = (f"completeness (target->fit) {m['completeness_mm']:.3f} mm, accuracy (fit->target) "
+                      f"{m['accuracy_mm']:.3f} mm, chamfer-L1 {m['chamfer_l1_mm']:.3f} mm")
+        print(f"fitted {cfg.target} ({observation.kind}): {scores}{extra} "
               f"in {time.perf_counter() - start:.1f} s -> {cfg.out}")
     else:
         dists = [o["observed_to_fit_mm"]["mean"] for o in metrics["observations"]]

@@ -7,16 +7,19 @@ from pathlib import Path
 
 import torch
 
-from neuralmorph.atomic import atomic_dir, check_output_dir
+from neuralmorph.atomic import atomic_dir, output_files
 from neuralmorph.errors import InputError
-from neuralmorph.geometry.mesh import save_mesh
-from neuralmorph.models.base import Latents, MorphableModel
+from neuralmorph.geometry.mesh import check_mesh_suffix, save_mesh
+from neuralmorph.models.base import MAX_TEMPERATURE, Latents, MorphableModel
 from neuralmorph.models.latents import load_latents, save_latents
+from neuralmorph.outputs import Output, Verb
 
 
 @dataclass(frozen=True)
-class SampleConfig:
+class SampleConfig(Verb):
     """Draw new heads from a model's fitted prior."""
+
+    out_kind = "set of heads"
 
     model: Path
     """Model folder."""
@@ -34,14 +37,18 @@ class SampleConfig:
     """Grid cells per axis when the model is an implicit (SDF) family; unused by mesh families."""
 
     def __post_init__(self):
-        if self.n < 1 or self.temperature < 0:
-            raise InputError("--n/--temperature", f"need n >= 1 and temperature >= 0, got {self.n}, {self.temperature}")
+        if self.n < 1:
+            raise InputError("--n", f"need at least 1 head, got {self.n}")
+        if not 0 <= self.temperature <= MAX_TEMPERATURE:  # NaN fails too
+            raise InputError("--temperature", f"must be a finite number in [0, {MAX_TEMPERATURE:g}], got {self.temperature}")
         _check_resolution(self.resolution)
 
 
 @dataclass(frozen=True)
-class InterpolateConfig:
+class InterpolateConfig(Verb):
     """Heads along the straight latent path between two latents files (from fit or sample)."""
+
+    out_kind = "set of heads"
 
     model: Path
     """Model folder."""
@@ -65,7 +72,7 @@ class InterpolateConfig:
 
 
 @dataclass(frozen=True)
-class TransferConfig:
+class TransferConfig(Verb):
     """Put the expression of one head onto the identity of another."""
 
     model: Path
@@ -83,10 +90,14 @@ class TransferConfig:
 
     def __post_init__(self):
         _check_resolution(self.resolution)
+        check_mesh_suffix("--out", self.out)
+
+    def outputs(self) -> list[Output]:
+        return [Output("--out", self.out, None), Output("--out (its latents)", self.out.with_suffix(".json"), None)]
 
 
 @dataclass(frozen=True)
-class ExportConfig:
+class ExportConfig(Verb):
     """Decode a latents file (or the average head) to a mesh: .ply, .obj, .stl, .off or .glb."""
 
     model: Path
@@ -94,7 +105,7 @@ class ExportConfig:
     out: Path
     """Mesh file; the format follows the suffix (.glb is written in metres, as glTF requires)."""
     latents: Path | None = None
-    """Latents file (from fit or sample); default: the prior mean, the model's average head."""
+    """Latents file (from fit or sample); unset: the model's average head (the prior mean)."""
     device: str = "cpu"
     """Torch device."""
     resolution: int = 128
@@ -102,6 +113,7 @@ class ExportConfig:
 
     def __post_init__(self):
         _check_resolution(self.resolution)
+        check_mesh_suffix("--out", self.out)
 
 
 def _check_resolution(resolution: int) -> None:
@@ -109,9 +121,10 @@ def _check_resolution(resolution: int) -> None:
         raise InputError("--resolution", f"must be an integer >= 2, got {resolution!r}")
 
 
-def _write_heads(model: MorphableModel, latents: Latents, folder: Path, stem: str, resolution: int) -> None:
+def _write_heads(model: MorphableModel, latents: Latents, folder: Path, stem: str, resolution: int,
+                 overwrite: bool) -> None:
     meshes = model.meshes(latents, resolution=resolution)
-    with atomic_dir(folder, "set of heads") as tmp:
+    with atomic_dir(folder, "set of heads", overwrite) as tmp:
         for i, mesh in enumerate(meshes):
             save_mesh(tmp / f"{stem}_{i:03d}.ply", mesh)
             save_latents(tmp / f"{stem}_{i:03d}.json", model, {k: z[i:i + 1] for k, z in latents.items()})
@@ -129,17 +142,16 @@ def transfer(identity_of: Latents, expression_of: Latents) -> Latents:
 
 
 def run_sample(cfg: SampleConfig) -> None:
-    check_output_dir(cfg.out, "set of heads")
     model = MorphableModel.load(cfg.model, device=cfg.device)
-    _write_heads(model, model.sample(cfg.n, cfg.temperature, cfg.seed), cfg.out, "sample", cfg.resolution)
+    _write_heads(model, model.sample(cfg.n, cfg.temperature, cfg.seed), cfg.out, "sample", cfg.resolution,
+                 cfg.overwrite)
     print(f"sampled {cfg.n} heads (temperature {cfg.temperature}, seed {cfg.seed}) -> {cfg.out}")
 
 
 def run_interpolate(cfg: InterpolateConfig) -> None:
-    check_output_dir(cfg.out, "set of heads")
     model = MorphableModel.load(cfg.model, device=cfg.device)
     path = interpolate(load_latents(cfg.start, model), load_latents(cfg.end, model), cfg.steps)
-    _write_heads(model, path, cfg.out, "interp", cfg.resolution)
+    _write_heads(model, path, cfg.out, "interp", cfg.resolution, cfg.overwrite)
     print(f"wrote {cfg.steps} heads from {cfg.start} to {cfg.end} -> {cfg.out}")
 
 
@@ -148,13 +160,17 @@ def run_transfer(cfg: TransferConfig) -> None:
     if "identity" not in model.latent_sizes or len(model.latent_sizes) < 2:
         raise InputError(cfg.model, "transfer needs a model with an identity space and an expression space")
     latents = transfer(load_latents(cfg.identity, model), load_latents(cfg.expression, model))
-    save_mesh(cfg.out, model.meshes(latents, resolution=cfg.resolution)[0])
-    save_latents(Path(cfg.out).with_suffix(".json"), model, latents)
+    mesh = model.meshes(latents, resolution=cfg.resolution)[0]
+    with output_files(cfg.out, cfg.out.with_suffix(".json"), overwrite=cfg.overwrite) as (mesh_tmp, latents_tmp):
+        save_mesh(mesh_tmp, mesh)
+        save_latents(latents_tmp, model, latents)
     print(f"identity of {cfg.identity} + expression of {cfg.expression} -> {cfg.out}")
 
 
 def run_export(cfg: ExportConfig) -> None:
     model = MorphableModel.load(cfg.model, device=cfg.device)
     latents = load_latents(cfg.latents, model) if cfg.latents else model.zero_latents(1)
-    save_mesh(cfg.out, model.meshes(latents, resolution=cfg.resolution)[0])
+    mesh = model.meshes(latents, resolution=cfg.resolution)[0]
+    with output_files(cfg.out, overwrite=cfg.overwrite) as (tmp,):
+        save_mesh(tmp, mesh)
     print(f"{'the average head' if cfg.latents is None else cfg.latents} -> {cfg.out}")

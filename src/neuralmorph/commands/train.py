@@ -18,7 +18,9 @@ import tyro
 from neuralmorph.data.dataset import HeadDataset
 from neuralmorph.models import MODELS, MorphableModel
 from neuralmorph.models.train import train_model
+from neuralmorph.outputs import Output, Verb
 from neuralmorph.training import TrainerConfig, is_main_process
+from neuralmorph.training.run_folder import RUN_KIND, check_run_folder
 
 
 def train_command(family: type[MorphableModel]) -> type:
@@ -41,16 +43,26 @@ def train_command(family: type[MorphableModel]) -> type:
                                   tyro.conf.arg(help="The trainer (`--max-steps`, `--lr`, `--device`, ...).")],
              field(default_factory=family.trainer_defaults)),
             ("init", Annotated[Path | None, tyro.conf.arg(
-                help="A trained model of this family to continue from (e.g. stage 2 from stage 1).")], None),
+                help="A saved model of this family to train further from, where the family allows it "
+                     "(e.g. regional stage 2 from stage 1).")], None),
             ("resume", Annotated[bool, tyro.conf.arg(
                 help="Continue the run in --out from its latest checkpoint (same flags as the original run).")], False),
         ]
     fields.append(("split", Annotated[Literal["train", "val", "test"], tyro.conf.arg(help="Which split to train on.")],
                    "train"))
     name = "Train" + "".join(part.title() for part in family.family.split("-"))
-    cls = make_dataclass(name, fields, frozen=True, namespace={"family": family})
+    cls = make_dataclass(name, fields, bases=(Verb,), frozen=True,
+                         namespace={"family": family, "outputs": _train_outputs})
     cls.__doc__ = f"Train a model of the {family.family} family. {family.summary}"
     return cls
+
+
+def _train_outputs(cfg) -> list[Output]:
+    """`--out`: a model folder (closed-form families) or a run folder (new, continued by `--resume`,
+    replaced by `--overwrite`, never while another run writes it)."""
+    if not cfg.family.trainable:
+        return [Output("--out", cfg.out, "model")]
+    return [Output("--out", cfg.out, RUN_KIND, check=lambda overwrite: check_run_folder(cfg.out, cfg.resume, overwrite))]
 
 
 def run_train(cfg) -> MorphableModel:
@@ -60,7 +72,8 @@ def run_train(cfg) -> MorphableModel:
     dataset = HeadDataset.load(cfg.data)
     trained = train_model(family, dataset, cfg.model, cfg.out, trainer=getattr(cfg, "trainer", None),
                           samples=getattr(cfg, "samples", None), split=cfg.split, init=getattr(cfg, "init", None),
-                          resume=getattr(cfg, "resume", False), run_info={"data": str(cfg.data)})
+                          resume=getattr(cfg, "resume", False), run_info={"data": str(cfg.data)},
+                          overwrite=cfg.overwrite)
     if is_main_process():
         print(f"trained {family.family} on the {cfg.split} split of {cfg.data} "
               f"({trained.model.training_summary(trained.training_set)}) "

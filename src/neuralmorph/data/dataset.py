@@ -26,6 +26,7 @@ import numpy as np
 
 from neuralmorph.errors import InputError
 from neuralmorph.frame import Frame
+from neuralmorph.geometry.mesh import MAX_COORDINATE_MM
 from neuralmorph.tensorfile import load_arrays, save_arrays
 
 FORMAT = "neuralmorph.heads/1"
@@ -62,9 +63,14 @@ class HeadDataset:
                                                               # scan paths are relative to it
 
     def __post_init__(self):
-        self.validate()
+        self.validate(self.where)
 
     # --- views ------------------------------------------------------------------------------------
+
+    @property
+    def where(self) -> str:
+        """What errors about this dataset call it: its folder, when it has one."""
+        return str(self.folder) if self.folder is not None else "dataset"
 
     @property
     def n_vertices(self) -> int:
@@ -84,9 +90,9 @@ class HeadDataset:
     def scan_path(self, head: Head) -> Path:
         """The raw scan file of `head`; InputError when the dataset has no folder to find it in."""
         if not head.scan:
-            raise InputError("dataset", f"head {head.subject}/{head.expression} has no raw scan")
+            raise InputError(self.where, f"head {head.subject}/{head.expression} has no raw scan")
         if self.folder is None:
-            raise InputError("dataset", "lists raw scans but has no folder to read them from (load it with HeadDataset.load)")
+            raise InputError(self.where, "lists raw scans but has no folder to read them from (load it with HeadDataset.load)")
         return self.folder / head.scan
 
     def registered_rows(self, split: str | None = None) -> np.ndarray:
@@ -115,6 +121,12 @@ class HeadDataset:
         if not np.isfinite(v).all():
             bad = int(np.flatnonzero(~np.isfinite(v).all(axis=(1, 2)))[0])
             raise InputError(where, f"registered head {bad} has NaN or infinite coordinates")
+        if v.size:
+            largest = np.abs(v).max(axis=(1, 2))
+            if not largest.max() <= MAX_COORDINATE_MM:
+                bad = int(np.argmax(largest))
+                raise InputError(where, f"registered head {bad} has coordinates up to {largest[bad]:.3g} mm, beyond any "
+                                        f"head's scale (at most {MAX_COORDINATE_MM:g} mm)")
         rows = [h.registered for h in self.heads if h.registered >= 0]
         if sorted(rows) != list(range(len(v))):
             raise InputError(where, f"manifest's registered rows {sorted(rows)[:5]}… do not index the {len(v)} meshes once each")
@@ -123,6 +135,10 @@ class HeadDataset:
             raise InputError(where, "registered heads need a (F, 3) triangle array")
         if f.min() < 0 or f.max() >= v.shape[1]:
             raise InputError(where, f"face indices must lie in [0, {v.shape[1]}), found {f.min()}..{f.max()}")
+        for i, head in enumerate(v):  # a head without surface (every vertex at one point, or on a line)
+            tri = head[f].astype(np.float64)
+            if not np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1).max() > 0:
+                raise InputError(where, f"registered head {i} has zero surface area (degenerate: no head to learn)")
         if len(self.landmark_ids) and (self.landmark_ids.min() < 0 or self.landmark_ids.max() >= v.shape[1]):
             raise InputError(where, "landmark ids out of range of the vertices")
         if self.region_weights is not None:
@@ -185,7 +201,7 @@ class HeadDataset:
             landmark_ids=arrays.get("landmark_ids", np.zeros(0, np.int64)).astype(np.int64),
             region_names=tuple(meta.get("region_names", ())),
             region_weights=arrays.get("region_weights"),
-            frame=Frame.from_dict(meta["frame"]) if "frame" in meta else Frame(),
+            frame=_frame(meta, heads_file),
             extras={k: v for k, v in arrays.items() if k not in known},
             folder=folder,
         )
@@ -193,9 +209,24 @@ class HeadDataset:
         return ds
 
 
+def _frame(meta: dict, path: Path) -> Frame:
+    """The frame stored in a heads file's metadata (the identity frame when absent)."""
+    if "frame" not in meta:
+        return Frame()
+    try:
+        return Frame.from_dict(meta["frame"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(path, f"its metadata holds no valid frame ({type(exc).__name__}: {exc})") from None
+
+
 def _read_manifest(path: Path) -> list[Head]:
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+    except UnicodeDecodeError:
+        raise InputError(path, "not a readable manifest: not UTF-8 text (a binary file?)") from None
+    except csv.Error as exc:
+        raise InputError(path, f"not a readable manifest: {exc}") from None
     if not rows:
         raise InputError(path, "manifest has no rows")
     missing = [c for c in MANIFEST_COLUMNS if c not in rows[0]]

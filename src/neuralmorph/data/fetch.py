@@ -292,7 +292,8 @@ def _license_text(src: Source, read, archive_name: str) -> str:
 def _extract(src: Source, archive: Path, folder: Path, origin: str) -> None:
     digest = _sha256(archive)
     handle, read = _open_reader(archive, src.name)
-    with handle, atomic_dir(folder, "fetched data set") as tmp:
+    # an incomplete set of ours (files removed by hand) is replaced; anything else in the way is refused
+    with handle, atomic_dir(folder, "fetched data set", overwrite=True) as tmp:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; a cache folder is ordinary

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -22,12 +23,15 @@ from neuralmorph.atomic import atomic_dir, check_output_dir
 from neuralmorph.data.dataset import SPLITS, Head, HeadDataset
 from neuralmorph.errors import InputError
 from neuralmorph.frame import Frame, umeyama
-from neuralmorph.geometry.mesh import load_mesh, save_mesh
+from neuralmorph.geometry.mesh import Mesh, degeneracy, load_mesh, save_mesh
+from neuralmorph.outputs import Verb, check_apart
 
 
 @dataclass(frozen=True)
-class IngestConfig:
+class IngestConfig(Verb):
     """Turn a folder of .obj/.ply/.off/.stl meshes and a manifest into a dataset."""
+
+    out_kind = "dataset"
 
     manifest: Path
     """CSV or YAML listing path, subject, expression and optionally split for every mesh."""
@@ -57,6 +61,17 @@ class ManifestRow:
     split: str | None
 
 
+MANIFEST_KEYS = ("path", "subject", "expression", "split")
+"""The columns (CSV) or keys (YAML) an ingest manifest's rows may have; others are ignored with a warning."""
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML parse error in one line: where (line, column) and what, without PyYAML's quoted context."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    what = " ".join(str(getattr(exc, "problem", None) or exc).split())
+    return f"line {mark.line + 1}, column {mark.column + 1}: {what}" if mark is not None else what
+
+
 def read_manifest(path: Path) -> list[ManifestRow]:
     """Parse a CSV or YAML manifest; every problem is an InputError naming the manifest and the entry."""
     path = Path(path)
@@ -64,17 +79,30 @@ def read_manifest(path: Path) -> list[ManifestRow]:
         raise InputError(path, "manifest not found")
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
-            data = yaml.safe_load(path.read_text())
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
             rows = data.get("heads") if isinstance(data, dict) else data
             if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
                 raise InputError(path, "YAML manifest must be a list of {path, subject, expression} mappings")
+            extra = sorted({str(k) for r in rows for k in r} - set(MANIFEST_KEYS))
         else:
-            with open(path, newline="") as fh:
-                rows = list(csv.DictReader(fh))
-    except (yaml.YAMLError, UnicodeDecodeError, csv.Error) as exc:
+            with open(path, newline="", encoding="utf-8") as fh:
+                reader = csv.DictReader(fh)
+                rows = list(reader)
+                extra = [str(k) for k in (reader.fieldnames or []) if k not in MANIFEST_KEYS]
+            # csv puts the cells beyond the header under the key None; empty ones are trailing commas
+            if any(any(str(c).strip() for c in r.get(None) or ()) for r in rows):
+                extra.append("(cells beyond the header)")
+    except yaml.YAMLError as exc:
+        raise InputError(path, f"cannot parse manifest: {yaml_problem(exc)}") from None
+    except UnicodeDecodeError:
+        raise InputError(path, "cannot parse manifest: not UTF-8 text (a binary file?)") from None
+    except csv.Error as exc:
         raise InputError(path, f"cannot parse manifest: {exc}") from None
     if not rows:
         raise InputError(path, "manifest lists no meshes")
+    if extra:
+        print(f"neuralmorph: warning: {path}: ignoring manifest column(s) {', '.join(extra)} (known: "
+              f"{', '.join(MANIFEST_KEYS)})", file=sys.stderr)
     out, seen = [], set()
     for i, row in enumerate(rows, start=1):
         missing = [k for k in ("path", "subject", "expression") if not str(row.get(k) or "").strip()]
@@ -106,17 +134,21 @@ def read_vertex_ids(path: Path, n_vertices: int) -> np.ndarray:
 
 def read_regions(path: Path, n_vertices: int) -> tuple[tuple[str, ...], np.ndarray]:
     try:
-        data = yaml.safe_load(Path(path).read_text())  # YAML is a superset of JSON
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))  # YAML is a superset of JSON
     except FileNotFoundError:
         raise InputError(path, "file not found") from None
+    except UnicodeDecodeError:
+        raise InputError(path, "cannot parse regions: not UTF-8 text (a binary file?)") from None
     except yaml.YAMLError as exc:
-        raise InputError(path, f"cannot parse regions: {exc}") from None
+        raise InputError(path, f"cannot parse regions: {yaml_problem(exc)}") from None
     if not isinstance(data, dict) or not data:
         raise InputError(path, "regions must map region names to lists of vertex ids")
     names = tuple(str(k) for k in data)
     member = np.zeros((n_vertices, len(names)), np.float32)
-    for r, name in enumerate(names):
-        ids = np.asarray(data[name], dtype=np.int64).reshape(-1)
+    for r, (name, values) in enumerate(data.items()):
+        if not isinstance(values, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in values):
+            raise InputError(path, f"region {name!r} must be a flat list of integer vertex ids")
+        ids = np.asarray(values, dtype=np.int64).reshape(-1)
         if len(ids) == 0 or ids.min() < 0 or ids.max() >= n_vertices:
             raise InputError(path, f"region {name!r} must list vertex ids in [0, {n_vertices})")
         member[ids, r] = 1.0
@@ -148,8 +180,10 @@ def _splits(rows: list[ManifestRow], fraction: float, seed: int) -> list[str]:
 
 def ingest(config: IngestConfig, progress: bool = True) -> HeadDataset:
     """Validate every mesh in the manifest and write the dataset to `config.out`; returns it."""
-    check_output_dir(config.out, "dataset")  # before any work: never over a folder of the user's
+    check_output_dir(config.out, "dataset", config.overwrite)  # before any work: never over a folder of the user's
     rows = read_manifest(config.manifest)
+    # the meshes the manifest lists are inputs too: never write the dataset over or around them
+    check_apart(config.outputs(), [(f"{config.manifest} row {i + 1}", r.path) for i, r in enumerate(rows)])
     splits = _splits(rows, config.test_fraction, config.seed)
     if config.kind == "scans":
         return _ingest_scans(config, rows, splits, progress)
@@ -157,7 +191,7 @@ def ingest(config: IngestConfig, progress: bool = True) -> HeadDataset:
     first = None
     verts = []
     for row in tqdm(rows, desc="ingest", unit="mesh", disable=not progress):
-        mesh = load_mesh(row.path, units=config.units)
+        mesh = _load_surface(row.path, config.units)
         if first is None:
             first = (row.path, mesh)
         elif len(mesh.vertices) != len(first[1].vertices):
@@ -175,10 +209,21 @@ def ingest(config: IngestConfig, progress: bool = True) -> HeadDataset:
     heads = [Head(r.subject, r.expression, s, i) for i, (r, s) in enumerate(zip(rows, splits))]
     dataset = HeadDataset(heads, vertices.astype(np.float32), first[1].faces, landmark_ids, region_names,
                           region_weights, Frame.fit(vertices.mean(axis=0)))
-    with atomic_dir(config.out, "dataset") as tmp:
+    with atomic_dir(config.out, "dataset", config.overwrite) as tmp:
         dataset.save(tmp)
     dataset.folder = Path(config.out)  # saved in a temporary sibling, renamed into place
     return dataset
+
+
+def _load_surface(path: Path, units: str) -> Mesh:
+    """A manifest's mesh, refused when its surface is degenerate (zero area: e.g. every vertex at one
+    point), which no model can learn a head from."""
+    mesh = load_mesh(path, units=units)
+    if not mesh.area > 0:
+        problem = degeneracy(mesh.vertices)
+        raise InputError(path, "has zero surface area" + (f" ({problem})" if problem else " (every triangle is degenerate)")
+                         + "; a head needs a surface")
+    return mesh
 
 
 def _safe_name(label: str) -> str:
@@ -187,11 +232,15 @@ def _safe_name(label: str) -> str:
 
 
 def _ingest_scans(config: IngestConfig, rows: list[ManifestRow], splits: list[str], progress: bool) -> HeadDataset:
-    heads = []
-    with atomic_dir(config.out, "dataset") as tmp:
+    heads, taken = [], set()
+    with atomic_dir(config.out, "dataset", config.overwrite) as tmp:
         for row, split in tqdm(list(zip(rows, splits)), desc="ingest", unit="scan", disable=not progress):
-            mesh = load_mesh(row.path, units=config.units)
-            rel = f"scans/{_safe_name(row.subject)}_{_safe_name(row.expression)}.ply"
+            mesh = _load_surface(row.path, config.units)
+            stem = f"{_safe_name(row.subject)}_{_safe_name(row.expression)}"
+            # labels that differ only in characters a file name cannot hold (a/b, a_b) get numbered names
+            rel = next(f"scans/{stem}{suffix}.ply" for suffix in [""] + [f"-{k}" for k in range(2, len(rows) + 2)]
+                       if f"scans/{stem}{suffix}.ply".lower() not in taken)
+            taken.add(rel.lower())
             save_mesh(tmp / rel, mesh)
             heads.append(Head(row.subject, row.expression, split, -1, rel))
         dataset = HeadDataset(heads)

@@ -34,7 +34,7 @@ import numpy as np
 from neuralmorph.atomic import atomic_file, read_json, write_json
 from neuralmorph.errors import InputError
 from neuralmorph.geometry.camera import Camera
-from neuralmorph.geometry.mesh import MESH_SUFFIXES, POINT_SUFFIXES, UNITS_MM, load_mesh
+from neuralmorph.geometry.mesh import MESH_SUFFIXES, POINT_SUFFIXES, UNITS_MM, check_cloud, check_magnitude, load_mesh
 from neuralmorph.geometry.raycast import backproject
 from neuralmorph.geometry.sampling import sample_surface
 
@@ -108,6 +108,7 @@ def depth_clouds(frames: Sequence[DepthFrame]) -> tuple[np.ndarray, ...]:
         pts = fr.points()
         if len(pts) == 0:
             raise InputError(fr.name, "no valid depth pixels (every value is 0 or NaN)")
+        check_magnitude(fr.name, float(np.abs(pts).max()))
         clouds.append(pts)
     return tuple(clouds)
 
@@ -139,13 +140,13 @@ def load_cloud(path: str | Path, units: str = "mm", mesh_points: int = 10_000, s
     path = Path(path)
     mesh = load_mesh(path, units=units, allow_points=True)
     if mesh.is_point_cloud:
-        return np.asarray(mesh.vertices, np.float64)
+        return check_cloud(path, mesh.vertices)
     if mesh_points < 1:
         raise InputError("mesh_points", f"must be >= 1, got {mesh_points}")
     if not mesh.area > 0:
         raise InputError(path, "the mesh has zero area; nothing to sample")
     pts, _, _ = sample_surface(mesh.vertices, mesh.faces, mesh_points, seed)
-    return pts
+    return check_cloud(path, pts, "surface samples")
 
 
 def _read_depth(path: Path) -> np.ndarray:

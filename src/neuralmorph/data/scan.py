@@ -29,10 +29,15 @@ class ScanConfig:
     max_translation_mm: float = 20.0   # ... and translation up to this distance per axis
 
     def __post_init__(self):
-        if self.resolution_mm <= 0:
-            raise InputError("--scan-resolution-mm", f"must be positive, got {self.resolution_mm}")
-        if self.noise_mm < 0 or self.holes < 0 or self.hole_radius_mm < 0:
-            raise InputError("--scan-noise-mm/--scan-holes", "must not be negative")
+        if not 0 < self.resolution_mm < float("inf"):  # NaN fails too
+            raise InputError("--scan-resolution-mm", f"must be a finite number > 0, got {self.resolution_mm}")
+        if not 0 <= self.noise_mm < float("inf"):
+            raise InputError("--scan-noise-mm", f"must be a finite number >= 0, got {self.noise_mm}")
+        if self.holes < 0 or not 0 <= self.hole_radius_mm < float("inf"):
+            raise InputError("--scan-holes", f"must not be negative, got {self.holes} (hole radius {self.hole_radius_mm} mm)")
+        if not (0 <= self.max_rotation_deg <= 180 and 0 <= self.max_translation_mm < float("inf")):
+            raise InputError("scan pose", f"rotation must lie in [0, 180] degrees and translation be finite and >= 0, "
+                                          f"got {self.max_rotation_deg} and {self.max_translation_mm}")
 
 
 def remesh(vertices: np.ndarray, faces: np.ndarray, edge_mm: float) -> tuple[np.ndarray, np.ndarray]:

@@ -6,6 +6,7 @@ Expressions are sparse face-unit activations plus jaw opening and neck rotation 
 weights; rotations make expressions non-linear in vertex space, as real faces are. Expression 0 of
 each subject is neutral. Every subject draws from its own generator seeded by (seed, subject index), so
 a dataset is byte-identical for the same seed and growing `subjects` keeps the earlier subjects.
+Identities, never single heads, are split into train, val and test (`identity_splits`).
 """
 
 from __future__ import annotations
@@ -23,14 +24,17 @@ from neuralmorph.data.scan import ScanConfig, raw_scan
 from neuralmorph.errors import InputError
 from neuralmorph.frame import Frame
 from neuralmorph.geometry.mesh import save_mesh
+from neuralmorph.outputs import Verb
 
 # The jaw is articulated through the skinning weights, so the jawOpen blendshape stays out of the random pool.
 _ARTICULATED_UNITS = ("jawOpen",)
 
 
 @dataclass(frozen=True)
-class SynthConfig:
+class SynthConfig(Verb):
     """Generate a dataset of synthetic registered heads and their raw scans."""
+
+    out_kind = "dataset"
 
     out: Path
     """Output dataset folder (replaced atomically when the run succeeds)."""
@@ -41,7 +45,10 @@ class SynthConfig:
     seed: int = 0
     """Random seed; the same seed gives byte-identical files."""
     test_fraction: float = 0.2
-    """Fraction of identities held out as the test split."""
+    """Fraction of all identities held out as the test split."""
+    val_fraction: float = 0.1
+    """Fraction of all identities held out as the validation split (what trainable families validate on
+    during training); test + val must stay below 1."""
     scans: bool = True
     """Also write a raw scan (own topology, noise, holes, random pose) of every head."""
     scan_resolution_mm: float = 3.0
@@ -62,6 +69,41 @@ class SynthConfig:
             raise InputError("--subjects/--expressions", f"need at least 1 of each, got {self.subjects} and {self.expressions}")
         if not 0 <= self.test_fraction < 1:
             raise InputError("--test-fraction", f"must be in [0, 1), got {self.test_fraction}")
+        if not 0 <= self.val_fraction < 1:
+            raise InputError("--val-fraction", f"must be in [0, 1), got {self.val_fraction}")
+        if not self.test_fraction + self.val_fraction < 1:
+            raise InputError("--val-fraction", f"{self.val_fraction} plus --test-fraction {self.test_fraction} must "
+                             "be below 1 (no identities would be left to train on)")
+        identity_splits(self.subjects, self.test_fraction, self.val_fraction, self.seed)  # rounded counts leave training identities
+        if not 0 <= self.local_fraction <= 1:  # NaN fails every comparison
+            raise InputError("--local-fraction", f"must be in [0, 1], got {self.local_fraction}")
+        for flag, deg in (("--max-jaw-deg", self.max_jaw_deg), ("--max-neck-deg", self.max_neck_deg)):
+            if not 0 <= deg <= 90:
+                raise InputError(flag, f"must be an angle in [0, 90] degrees (beyond it no head is left), got {deg}")
+        if self.scans:
+            ScanConfig(self.scan_resolution_mm, self.scan_noise_mm, self.scan_holes)  # its checks name the flags
+
+
+def identity_splits(subjects: int, test_fraction: float, val_fraction: float, seed: int) -> list[str]:
+    """The split ("train", "val" or "test") of each of `subjects` identities, by identity index.
+
+    One permutation seeded by (seed, 2**31) orders the identities: the first round(test_fraction × subjects)
+    are test, the next round(val_fraction × subjects) val, the rest train. Test takes the permutation's head
+    as it did before there was a val split, so a seed keeps its test identities whatever `val_fraction` is.
+    """
+    order = np.random.default_rng([seed, 2**31]).permutation(subjects)
+    n_test = int(round(test_fraction * subjects))
+    n_val = int(round(val_fraction * subjects))
+    if n_val and n_test + n_val >= subjects:   # the val split must never take the last training identity
+        raise InputError("--val-fraction", f"{n_test} test and {n_val} val identities of {subjects} leave none to "
+                         "train on; lower --val-fraction or --test-fraction, or raise --subjects")
+    split = ["train"] * subjects
+    for rank, s in enumerate(order.tolist()):
+        if rank < n_test:
+            split[s] = "test"
+        elif rank < n_test + n_val:
+            split[s] = "val"
+    return split
 
 
 def sample_identity(model: HeadModel, rng: np.random.Generator, local_fraction: float) -> tuple[Phenotype, np.ndarray]:
@@ -95,20 +137,19 @@ def sample_expression(model: HeadModel, rng: np.random.Generator, max_jaw_deg: f
 
 def synthesize(config: SynthConfig, model: HeadModel | None = None, progress: bool = True) -> HeadDataset:
     """Generate the dataset described by `config` and write it to `config.out`; returns it."""
-    check_output_dir(config.out, "dataset")  # before any work: never over a folder of the user's
+    check_output_dir(config.out, "dataset", config.overwrite)  # before any work: never over a folder of the user's
     model = model or HeadModel.load()
     # Heads are stored centred on the template's bounding box, so the data sit around the origin.
     template_frame = Frame.fit(model.vertices)
     centre = template_frame.origin
     frame = Frame(np.zeros(3), np.eye(3), template_frame.mm_per_unit)
 
-    n_test = int(round(config.test_fraction * config.subjects))
-    test_subjects = set(np.random.default_rng([config.seed, 2**31]).permutation(config.subjects)[:n_test].tolist())
+    split_of = identity_splits(config.subjects, config.test_fraction, config.val_fraction, config.seed)
     scan_cfg = ScanConfig(config.scan_resolution_mm, config.scan_noise_mm, config.scan_holes)
 
     heads, verts = [], []
     params = {"phenotype": [], "local": [], "face_units": [], "jaw": [], "neck": []}
-    with atomic_dir(config.out, "dataset") as tmp:
+    with atomic_dir(config.out, "dataset", config.overwrite) as tmp:
         for s in tqdm(range(config.subjects), desc="synth", unit="subject", disable=not progress):
             rng = np.random.default_rng([config.seed, s])
             pheno, local = sample_identity(model, rng, config.local_fraction)
@@ -129,8 +170,7 @@ def synthesize(config: SynthConfig, model: HeadModel | None = None, progress: bo
                     np.savetxt(tmp / scan_path.replace(".ply", ".landmarks.txt"),
                                pose.apply(v[model.landmark_ids]), fmt="%.4f")
                     params.setdefault("scan_pose", []).append(pose.matrix)
-                split = "test" if s in test_subjects else "train"
-                heads.append(Head(subject, expression, split, len(verts), scan_path))
+                heads.append(Head(subject, expression, split_of[s], len(verts), scan_path))
                 verts.append(v.astype(np.float32))
                 params["phenotype"].append([pheno.gender, pheno.age, pheno.african, pheno.asian, pheno.caucasian,
                                             pheno.muscle, pheno.weight])

@@ -29,10 +29,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from neuralmorph.atomic import write_json
+from neuralmorph.atomic import output_files, write_json
 from neuralmorph.errors import InputError
 from neuralmorph.geometry.distance import closest_points
 from neuralmorph.geometry.mesh import Mesh
+from neuralmorph.outputs import Verb
 from neuralmorph.geometry.sampling import sample_surface
 from neuralmorph.models.implicit.extraction import (DEFAULT_CHUNK, evaluate_points, extract_coarse_to_fine,
                                              extract_dense)
@@ -46,19 +47,19 @@ def sdf_families() -> list[str]:
     return [name for name, cls in MODELS.items() if cls.geometry == "sdf"]
 
 AIMS = {"eval_ratio": 10.0, "speedup": 5.0, "chamfer_mm": 0.05, "sparse_speedup": 3.0, "sparse_max_abs_diff": 1e-4}
-"""The issue's targets: ratios at least, chamfer and difference at most."""
+"""What the benchmark is judged against: the ratios at least, the chamfer and the difference at most."""
 NEAR_SURFACE_MM = 2.0
 """Std of the normal offset of the sparse-timing points from the surface: where fitting queries the field."""
 
 
 @dataclass(frozen=True)
-class ExtractionBenchConfig:
+class ExtractionBenchConfig(Verb):
     """Coarse-to-fine vs dense mesh extraction, and sparse vs all-anchor field evaluation, on a trained implicit model."""
 
     out: Path = Path("extraction.json")
     """Where to write the results (JSON)."""
     model: Path | None = None
-    """A trained implicit model folder (implicit-global or implicit-local)."""
+    """A trained implicit model folder (implicit-global or implicit-local); the run needs one."""
     resolution: int = 256
     """Cells per axis of the final lattice ((resolution + 1)³ points)."""
     coarse_resolution: int = 32
@@ -68,7 +69,7 @@ class ExtractionBenchConfig:
     repeats: int = 3
     """Timed runs of the coarse-to-fine pass and of each sparse timing (medians reported)."""
     dense_repeats: int = 1
-    """Timed runs of the dense pass (one 256³ pass of a real model takes minutes on 2 CPU cores)."""
+    """Timed runs of the dense pass (median reported)."""
     points: int = 200_000
     """Near-surface points for the sparse vs all-anchor timing."""
     chamfer_points: int = 100_000
@@ -213,6 +214,7 @@ def bench_extraction(cfg: ExtractionBenchConfig, model=None) -> dict:
         machine=_machine(cfg.device),
         config={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
     )
-    write_json(cfg.out, result)
+    with output_files(cfg.out, overwrite=cfg.overwrite) as (tmp,):
+        write_json(tmp, result)
     return result
 

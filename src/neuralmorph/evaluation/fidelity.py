@@ -1,6 +1,6 @@
 """`neuralmorph bench fidelity`: every family reconstructs the same kind of held-out heads.
 
-Data: the embedded generator's split (held-out identities with expressions).
+Data: the embedded generator's train/test split (held-out identities with expressions; no val split).
 
 Families that fit registered meshes (pca, regional) are trained on the train split at one latent size
 and reconstruct every test-split head from its registered mesh (their `project`: PCA's exact
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from neuralmorph.atomic import write_json
+from neuralmorph.atomic import output_files, work_folder, write_json
 from neuralmorph.data.dataset import HeadDataset
 from neuralmorph.data.synth import SynthConfig, synthesize
 from neuralmorph.errors import InputError
@@ -37,18 +37,19 @@ from neuralmorph.fitting import fit_observation
 from neuralmorph.fitting.implicit import ImplicitFitConfig
 from neuralmorph.models.base import MorphableModel, family_class, registered_families
 from neuralmorph.models.train import train_model
+from neuralmorph.outputs import Verb
 
 
 @dataclass(frozen=True)
-class FidelityConfig:
-    """Train every mesh family at one latent size and score its reconstructions of held-out heads (mm)."""
+class FidelityConfig(Verb):
+    """Train every family at one latent size and score its reconstructions of held-out heads (mm)."""
 
     out: Path = Path("fidelity.json")
     """Where to write {"models": {family: {metric: value}}, "protocol": {...}}."""
     families: tuple[str, ...] = field(default_factory=registered_families)
-    """Which families to run (default: every registered family)."""
+    """Which families to run."""
     quick: bool = False
-    """Short training (the ≤ 15 min setting on 2 CPU cores); off: the full run."""
+    """Short runs: fewer training steps and implicit subjects (see those flags); off: the full run."""
     latent_size: int = 32
     """Total latent size every family gets (PCA splits it evenly between identity and expression)."""
     subjects: int = 150
@@ -56,21 +57,21 @@ class FidelityConfig:
     expressions: int = 6
     """Heads per identity."""
     local_fraction: float = 0.0
-    """The generator's share of independent local shape modifiers per identity (0: identities are
-    phenotype blends only; the generator's own default is 0.3; docs/benchmarks.md says why 0 here)."""
+    """Share of independent local shape modifiers per generated identity (0: phenotype blends only;
+    `data synth` uses 0.3)."""
     train_steps: int | None = None
-    """Optimiser steps of every trained family (default: 1,500 with --quick, 6,000 otherwise)."""
+    """Optimiser steps of every trained family (unset: 1,500 with --quick, 6,000 otherwise)."""
     implicit_subjects: int | None = None
-    """Implicit families: identities of their scan population (default: 12 with --quick, 40 otherwise)."""
+    """Implicit families: identities of their scan population (unset: 12 with --quick, 40 otherwise)."""
     implicit_local_fraction: float = 0.0
-    """Implicit families: the generator's `local_fraction` of their scan population (0: phenotype blends
-    only; 0.3: detail that varies region by region)."""
+    """Implicit families: --local-fraction of their scan population (0: phenotype blends only; 0.3: detail
+    that varies region by region)."""
     implicit_expressions: int = 3
     """Implicit families: heads per identity (the first neutral); each test head is one observation."""
     implicit_test_subjects: int | None = None
-    """Implicit families: held-out subjects fitted and scored (default: 2 with --quick, 6 otherwise)."""
+    """Implicit families: held-out subjects fitted and scored (unset: 2 with --quick, 6 otherwise)."""
     implicit_steps: int | None = None
-    """Implicit families: training steps (default: 600 with --quick, 4,000 otherwise)."""
+    """Implicit families: training steps (unset: 600 with --quick, 4,000 otherwise)."""
     implicit_fit_steps: int = 300
     """Implicit families: fitting steps per test subject."""
     implicit_mesh_resolution: int = 128
@@ -84,7 +85,7 @@ class FidelityConfig:
     device: str = "cpu"
     """Torch device for training."""
     work_dir: Path | None = None
-    """Keep the data and trained models here (default: next to --out)."""
+    """Keep the data and trained models here (unset: next to --out)."""
 
     def __post_init__(self):
         if not self.families:
@@ -124,20 +125,14 @@ def _test_vertices(data: HeadDataset) -> torch.Tensor:
 
 
 def _train(family: type[MorphableModel], data: HeadDataset, cfg: FidelityConfig, steps: int, work: Path):
-    """Train `family` at the benchmark's settings in a fresh work/FAMILY_run (a trainable family's
-    checkpoints are never overwritten: the old run goes first)."""
-    import shutil
-
+    """Train `family` at the benchmark's settings into work/FAMILY_run (trainable) or work/FAMILY; an
+    earlier run or model there (the work folder is ours) is replaced."""
     config, trainer = family.for_benchmark(cfg.latent_size)
-    run = work / f"{family.family}_run"
+    run = work / (f"{family.family}_run" if trainer is not None else family.family)
     if trainer is not None:
         trainer = replace(trainer, max_steps=steps, checkpoint_every=0, val_every=0, seed=cfg.seed,
                           device=cfg.device, tensorboard=False)
-        if run.exists():
-            shutil.rmtree(run)
-    else:
-        run = work / family.family
-    return train_model(family, data, config, run, trainer=trainer, progress=False)
+    return train_model(family, data, config, run, trainer=trainer, progress=False, overwrite=True)
 
 
 def _registered(family: type[MorphableModel], data: HeadDataset, cfg: FidelityConfig, work: Path) -> tuple[np.ndarray, dict]:
@@ -161,12 +156,13 @@ def _registered(family: type[MorphableModel], data: HeadDataset, cfg: FidelityCo
 def _implicit_data(cfg: FidelityConfig, work: Path) -> HeadDataset:
     """The point-cloud families' population: fewer identities, with raw scans (shared by those families)."""
     folder = work / "implicit_data"
+    # val_fraction 0: the implicit families validate on nothing, so every non-test identity trains
     spec = {"subjects": cfg.implicit("subjects"), "expressions": cfg.implicit_expressions, "seed": cfg.seed,
-            "local_fraction": cfg.implicit_local_fraction}
+            "local_fraction": cfg.implicit_local_fraction, "val_fraction": 0.0}
     stamp = folder / "fidelity_spec.json"
     if stamp.is_file() and stamp.read_text() == str(spec):
         return HeadDataset.load(folder)
-    data = synthesize(SynthConfig(out=folder, scans=True, **spec), progress=False)
+    data = synthesize(SynthConfig(out=folder, scans=True, overwrite=True, **spec), progress=False)
     stamp.write_text(str(spec))
     return data
 
@@ -240,9 +236,12 @@ def bench_fidelity(cfg: FidelityConfig) -> dict:
     from neuralmorph.data.head_model import HeadModel
 
     out = Path(cfg.out)
-    work = Path(cfg.work_dir) if cfg.work_dir else out.parent / f"{out.stem}_work"
-    data = synthesize(SynthConfig(out=work / "data", subjects=cfg.subjects, expressions=cfg.expressions,
-                                  seed=cfg.seed, scans=False, local_fraction=cfg.local_fraction),
+    # the data and models are kept for a later run; inside this folder of ours everything is replaceable
+    work = work_folder(cfg.work_dir if cfg.work_dir else out.parent / f"{out.stem}_work", "benchmark work")
+    # val_fraction 0: a train/test split as the benchmark has always used (every family trains on the same
+    # identities and is scored on the test split; nothing is tuned on a val split)
+    data = synthesize(SynthConfig(out=work / "data", subjects=cfg.subjects, expressions=cfg.expressions, overwrite=True,
+                                  seed=cfg.seed, scans=False, local_fraction=cfg.local_fraction, val_fraction=0.0),
                       progress=False)
     truth = _test_vertices(data).double().numpy()
     protocol_rows = np.linspace(0, len(truth) - 1, min(cfg.protocol_heads, len(truth))).round().astype(int)
@@ -264,5 +263,6 @@ def bench_fidelity(cfg: FidelityConfig) -> dict:
                      "task": "reconstruct held-out registered heads (unseen identities, with expressions)",
                      "families": infos, "units": "mm"},
     }
-    write_json(out, report)
+    with output_files(out, overwrite=cfg.overwrite) as (tmp,):
+        write_json(tmp, report)
     return report

@@ -53,16 +53,22 @@ def specificity_mm(model: MorphableModel, training: torch.Tensor, n: int, seed: 
 
 
 def model_quality(model: MorphableModel, dataset: HeadDataset, sizes: tuple[int, ...], samples: int = 100,
-                  seed: int = 0, progress: bool = True) -> dict:
-    """All three statistics; returns {"metrics": {...}, "curves": {...}, "protocol": {...}}."""
-    model.require_fit("registered", "--model")  # the statistics compare registered vertices
+                  seed: int = 0, progress: bool = True, where: str = "model") -> dict:
+    """All three statistics; returns {"metrics": {...}, "curves": {...}, "protocol": {...}}.
+    `where`: what errors about the model call it (the CLI passes its folder)."""
+    # the statistics compare registered vertices: a mesh family that projects registered heads
+    if model.geometry != "mesh":
+        raise InputError(where, f"holds a {model.family!r} model, a signed-distance ({model.geometry}) family without "
+                                "registered vertices; model-quality statistics need a mesh family (e.g. pca, regional)")
+    model.require_fit("registered", where)
+    data = dataset.where
     if dataset.vertices is None:
-        raise InputError("dataset", "needs registered heads")
+        raise InputError(data, "needs registered heads")
     train_rows, test_rows = dataset.registered_rows("train"), dataset.registered_rows("test")
     if len(test_rows) == 0 or len(train_rows) == 0:
-        raise InputError("dataset", "needs both a train and a test split")
+        raise InputError(data, "needs both a train and a test split")
     if dataset.n_vertices != model.n_vertices:
-        raise InputError("dataset", f"has {dataset.n_vertices} vertices per head, the model {model.n_vertices}")
+        raise InputError(data, f"has {dataset.n_vertices} vertices per head, the model {model.n_vertices}")
     as_tensor = lambda rows: torch.as_tensor(dataset.vertices[rows], device=model.device)  # noqa: E731
     training, held_out = as_tensor(train_rows), as_tensor(test_rows)
     cutable = model.truncatable

@@ -176,7 +176,8 @@ def _is_correspondence(pred: Mesh, gt: Mesh) -> bool:
 
 
 def evaluate(
-    pred: Mesh, gt: Mesh, protocol: Protocol = Protocol(), regions: dict[str, np.ndarray] | None = None
+    pred: Mesh, gt: Mesh, protocol: Protocol = Protocol(), regions: dict[str, np.ndarray] | None = None,
+    names: tuple[str, str, str] = ("pred", "gt", "regions"),
 ) -> dict:
     """Score a predicted surface against the ground truth (both in mm) under `protocol`.
 
@@ -189,14 +190,16 @@ def evaluate(
     nearest GT point (over the whole GT sample) is one of them, so a region's pred set is the part of
     the prediction that lies against that region. Registered pairs also get "<name>/vertex_error_mm".
     A region left with no predicted points gets NaN metrics (its counts say so).
+    names: what errors call the prediction, the ground truth and the regions (the CLI passes their files).
     """
+    pred_name, gt_name, regions_name = names
     if regions and gt.is_point_cloud:
-        raise InputError("regions", "regions need a ground-truth mesh with faces")
+        raise InputError(regions_name, f"regions need a ground-truth mesh with faces; {gt_name} has none")
     center = _bbox_center(gt)
     floor = (None if protocol.neck_cut_mm is None or protocol.kind != "render"
              else float(gt.vertices[:, 1].min()) + protocol.neck_cut_mm)
-    gs = _sample(gt, protocol, GT_KEY, center, "gt", floor)
-    ps = _sample(pred, protocol, PRED_KEY, center, "pred", floor)
+    gs = _sample(gt, protocol, GT_KEY, center, gt_name, floor)
+    ps = _sample(pred, protocol, PRED_KEY, center, pred_name, floor)
     d_pred, i_pred = nearest_neighbors(ps.points, gs.points)
     d_gt, i_gt = nearest_neighbors(gs.points, ps.points)
     with_normals = ps.normals is not None and gs.normals is not None
@@ -217,12 +220,12 @@ def evaluate(
 
     region_record = {}
     for name, ids in (regions or {}).items():
-        vmask = _region_mask(name, ids, len(gt.vertices))
+        vmask = _region_mask(name, ids, len(gt.vertices), regions_name)
         gt_in = vmask[gt.faces].all(axis=1)[gs.face_idx]
         pred_in = gt_in[i_pred]
         n_g, n_p = int(gt_in.sum()), int(pred_in.sum())
         if n_g == 0:
-            raise InputError(f"regions[{name}]", "no ground-truth sample lies on a face fully inside the region")
+            raise InputError(regions_name, f"region {name!r}: no ground-truth sample lies on a face fully inside it")
         region_record[name] = {"vertices": int(vmask.sum()), "gt_points": n_g, "pred_points": n_p}
         if n_p:
             # pred points kept here have their nearest GT point inside the region, so their distance to
@@ -243,13 +246,13 @@ def evaluate(
     return {"metrics": metrics, "protocol": record}
 
 
-def _region_mask(name: str, ids, n_vertices: int) -> np.ndarray:
-    """(V,) bool mask from user-given vertex ids, validated."""
+def _region_mask(name: str, ids, n_vertices: int, where: str = "regions") -> np.ndarray:
+    """(V,) bool mask from user-given vertex ids, validated (errors name `where`)."""
     a = np.asarray(ids)
     if a.ndim != 1 or a.size == 0 or (a.dtype.kind not in "iu"):
-        raise InputError(f"regions[{name}]", "must be a non-empty 1-D array of integer vertex ids")
+        raise InputError(where, f"region {name!r} must be a non-empty 1-D array of integer vertex ids")
     if a.min() < 0 or a.max() >= n_vertices:
-        raise InputError(f"regions[{name}]", f"vertex ids must lie in [0, {n_vertices}), got [{a.min()}, {a.max()}]")
+        raise InputError(where, f"region {name!r}: vertex ids must lie in [0, {n_vertices}), got [{a.min()}, {a.max()}]")
     mask = np.zeros(n_vertices, dtype=bool)
     mask[a] = True
     return mask

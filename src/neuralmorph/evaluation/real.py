@@ -426,15 +426,17 @@ def write_report(path: Path, summary: dict, fits: Sequence[TargetFit], n_render:
 
 def write_real_evaluation(model_dir: Path, dataset: Literal["simpop", "james"], out: Path,
                           settings: RealSettings = RealSettings(), cache: Path | None = None, max_faces: int = 45,
-                          renders: int = 3, device: str = "cpu", progress: bool = True) -> dict:
+                          renders: int = 3, device: str = "cpu", progress: bool = True,
+                          overwrite: bool = False) -> dict:
     """Load the model in `model_dir`, fit it to `dataset`, score it and write out/metrics.json and
-    out/report.html (`renders` targets drawn); the folder appears complete or not at all.
+    out/report.html (`renders` targets drawn); the folder appears complete or not at all (an earlier
+    evaluation there is replaced only with `overwrite`).
 
     Returns the summary (see `summarize`), its protocol block with the wall time and the device. Stops
     with an InputError before any work when the data set was not fetched.
     """
     start = time.perf_counter()
-    check_output_dir(out, "real-data evaluation")
+    check_output_dir(out, "real-data evaluation", overwrite)
     targets, name = _targets(dataset, cache, max_faces)  # InputError before any work if not fetched
     model = MorphableModel.load(model_dir, device=device)
     fits = fit_targets(model, targets, settings, progress=progress, desc=f"fit {name}")
@@ -442,7 +444,7 @@ def write_real_evaluation(model_dir: Path, dataset: Literal["simpop", "james"], 
     seconds = time.perf_counter() - start
     summary["protocol"]["wall_seconds"] = seconds
     summary["protocol"]["device"] = device
-    with atomic_dir(Path(out), "real-data evaluation") as tmp:  # the folder appears complete or not at all
+    with atomic_dir(Path(out), "real-data evaluation", overwrite) as tmp:  # the folder appears complete or not at all
         write_json(tmp / "metrics.json", summary)
         write_report(tmp / "report.html", summary, fits, n_render=renders, seconds=seconds)
     return summary

@@ -125,7 +125,10 @@ def align_landmarks(model: MorphableModel, avg: Mesh, landmarks: np.ndarray, lan
         raise InputError("--landmarks", f"a {model.family!r} model has no landmarks; align by its points instead")
     if len(ids) != len(landmarks):
         raise InputError("landmarks", f"got {len(landmarks)} landmarks, the model has {len(ids)}")
-    return umeyama(avg.vertices[ids], landmarks, with_scale=scale)
+    try:
+        return umeyama(avg.vertices[ids], landmarks, with_scale=scale)
+    except ValueError as exc:  # e.g. the landmarks lie on one line: no rotation is determined
+        raise InputError("--landmarks", str(exc)) from None
 
 
 def initial_pose(model: MorphableModel, landmarks: np.ndarray | None = None, landmark_ids: np.ndarray | None = None,

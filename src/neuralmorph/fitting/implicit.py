@@ -65,7 +65,9 @@ def _default_reg_weights() -> dict[str, tuple[float, ...]]:
         "local_norm": (0.05, 0.05, 0.05 / 3, 0.005),
         "symmetry": (5.0, 0.5, 0.0, 0.0),
     }
-    return {name: tuple(REG_SCALE * w for w in sched) for name, sched in nphm.items()}
+    # Rounded to 4 significant digits, so that --help shows 0.008333, not 0.008333333333333333 (a change
+    # below 0.01 %, far finer than the weights were ever tuned).
+    return {name: tuple(float(f"{REG_SCALE * w:.4g}") for w in sched) for name, sched in nphm.items()}
 
 
 @dataclass(frozen=True)
@@ -83,37 +85,36 @@ class ImplicitFitConfig:
     lr_expression: float = 0.05
     """Adam learning rate of the expression codes, likewise."""
     lr_halve_at: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)
-    """Fractions of `steps` at which both learning rates are multiplied by `lr_factor` (NPHM: 200/400/600/800 of 1000)."""
+    """Fractions of `steps` at which both learning rates are multiplied by `lr_factor`."""
     lr_factor: float = 0.5
     """Learning-rate factor at each `lr_halve_at` milestone."""
     code_prior: Literal["full", "diagonal"] = "diagonal"
     """The Gaussian whose coordinates the codes are optimised in: "full", the model's prior (codes move
-    mostly within the span of the training codes), or "diagonal", its per-dimension spreads only (NPHM's
-    per-dimension prior: every direction as free as the training codes' spread along it)."""
+    mostly within the span of the training codes), or "diagonal", its per-dimension spreads only (every
+    direction as free as the training codes' spread along it)."""
     expression_starts: int = 256
     """Multi-start: each observation's expression code starts at whichever of this many of the model's
     training expression codes (and the prior mean) best explains its points at the mean identity; 0: every
-    code starts at the prior mean. Large expressions (a jaw wide open) lie outside the basin of the mean."""
+    code starts at the prior mean."""
     start_points: int = 200
     """Points per observation used to score the expression starts."""
     observations_per_step: int = 4
-    """Observations drawn per step (all of them when there are fewer; NPHM: 5)."""
+    """Observations drawn per step (all of them when there are fewer)."""
     points_per_step: int = 300
-    """Points drawn per observation per step (with replacement only when the observation has fewer; NPHM: 1000)."""
+    """Points drawn per observation per step (with replacement only when the observation has fewer)."""
     surface_weight: float = 2.0
     """Weight of the truncated mean |SDF| data term (canonical units)."""
     truncation_mm: tuple[float, ...] = (25.0, 12.5, 1.9)
-    """Residuals |SDF| above this (mm, converted with the model frame's mm_per_unit) are dropped, per phase
-    (NPHM: 0.1, 0.05, 0.0075 of its 25 cm unit)."""
+    """Residuals |SDF| above this many mm are dropped, one value per truncation_at phase."""
     truncation_at: tuple[float, ...] = (0.0, 0.25, 0.5)
     """Fractions of `steps` where each truncation phase starts."""
     reg_weights: dict[str, tuple[float, ...]] = field(default_factory=_default_reg_weights)
-    """Weight per model regulariser name (`model.code_regularizers`), one value per `reg_at` phase or one
-    value for a constant weight."""
+    """Weight schedule of each of the model's code regularisers (`model.code_regularizers`): one value per
+    `reg_at` phase, or one value for a constant weight."""
     reg_default: tuple[float, ...] = (0.01 * REG_SCALE,)
     """Weight schedule of any regulariser whose name is not in `reg_weights`."""
     reg_at: tuple[float, ...] = (0.0, 0.2, 0.5, 0.6)
-    """Fractions of `steps` where each regulariser phase starts (NPHM: 0, 200, 500, 600 of 1000)."""
+    """Fractions of `steps` where each regulariser phase starts."""
     temporal_code_weight: float = 0.0
     """Sequences: weight of the mean squared difference of consecutive frames' whitened expression codes."""
     temporal_deformation_weight: float = 30.0
@@ -134,17 +135,16 @@ class ImplicitFitConfig:
     align_resolution: int = 64
     """Grid resolution of the average-head mesh the alignment uses."""
     refine_pose: bool | None = None
-    """Optimise a rigid motion of the observations (one for all of them) jointly with the codes: corrects
-    what the alignment got wrong because the subject differs from the average head. None: on when
-    `align` is (as the mesh families' fits refine their alignment), off when the pose is known."""
+    """Optimise one rigid motion of all the observations jointly with the codes, refining the alignment.
+    None: on when `align` is, off when the pose is known."""
     lr_pose_deg: float = 0.1
     """Adam learning rate of the pose refinement's rotation (degrees per step; follows `lr_halve_at`)."""
     lr_pose_mm: float = 0.5
     """Adam learning rate of the pose refinement's translation (millimetres per step)."""
     head_pose: bool = False
     """Give each observation its own rigid head motion (a turned neck), optimised jointly with the codes
-    on top of the shared pose: MonoNPHM's per-frame head pose. Off: head rotation must come from the
-    expression code, which reaches only rotations like those in the training expressions."""
+    on top of the shared pose. Off: head rotation must come from the expression code, which reaches only
+    rotations like those in the training expressions."""
     lr_head_deg: float = 0.2
     """Adam learning rate of the per-observation head rotations (degrees per step; follows `lr_halve_at`)."""
     lr_head_mm: float = 0.5
@@ -158,8 +158,6 @@ class ImplicitFitConfig:
     """Points per observation for the final convergence count at the fitted codes (0: skip it)."""
     seed: int = 0
     """Seed of every random draw (observations, points)."""
-    device: str | None = None
-    """Torch device to fit on; None: wherever the model is (the model is moved otherwise)."""
 
     def __post_init__(self):
         where = "implicit fit config"
@@ -526,8 +524,6 @@ def _final_convergence(model, ys: list[torch.Tensor], latents: Latents, config: 
 
 def _fit(model, clouds: Sequence[np.ndarray], config: ImplicitFitConfig, pose: Similarity | None, temporal: bool,
          progress: bool) -> ImplicitFitResult:
-    if config.device is not None:
-        model.to(config.device)
     for name in ("identity", "expression"):
         if name not in model.latent_sizes:
             raise InputError(model.family, f"has no {name!r} latent space; cannot fit it as an implicit model")

@@ -35,9 +35,10 @@ class FitConfig:
     lr: float = 0.1
     """Adam learning rate on whitened latents (pose parameters use it scaled by their units)."""
     prior_weight: float = 0.05
-    """Weight of the prior energy ‖w‖² (mm² per unit of whitened latent) at the start ..."""
+    """Weight of the prior energy ‖w‖² (mm² per unit of whitened latent) at the first step."""
     prior_weight_end: float = 0.005
-    """... decayed geometrically to this at the end (coarse to fine)."""
+    """Weight of the prior energy at the last step, reached by geometric decay from prior_weight (coarse to
+    fine)."""
     robust: Literal["l2", "huber", "geman"] = "huber"
     """Robust loss on residual distances."""
     robust_scale_mm: float = 2.0

@@ -7,8 +7,10 @@ loaders duplicate or merge vertices); PLY, OFF and STL go through trimesh with `
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import struct
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -16,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import trimesh
 
-from ..atomic import atomic_file
+from ..atomic import SIGNATURE, atomic_file
 from ..errors import InputError
 
 UNITS_MM = {"mm": 1.0, "cm": 10.0, "dm": 100.0, "m": 1000.0}
@@ -207,12 +209,15 @@ def _read_trimesh(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None
     """PLY/OFF/STL through trimesh without any processing; returns vertices, faces, vertex normals or None."""
     try:
         geom = trimesh.load(str(path), process=False, maintain_order=True, validate=False)
-    except Exception as e:  # trimesh raises many types on garbage; all mean "unreadable"
-        raise InputError(path, f"cannot parse ({e.__class__.__name__}: {e})") from None
+    except Exception:  # trimesh raises many types on garbage; all mean "unreadable"
+        # not the loader's own words: on garbage they can name a missing optional module (trimesh's text
+        # decoder wants charset_normalizer) or quote binary bytes
+        raise InputError(path, f"not a readable {path.suffix[1:].upper()} mesh (damaged, or not in that format)") from None
     if isinstance(geom, trimesh.Scene):
         parts = list(geom.geometry.values())
         if len(parts) != 1:
-            raise InputError(path, f"expected one mesh, found {len(parts)} geometries")
+            raise InputError(path, f"not a readable {path.suffix[1:].upper()} mesh (no geometry found)" if not parts
+                             else f"expected one mesh, found {len(parts)} geometries")
         geom = parts[0]
     if isinstance(geom, trimesh.PointCloud):
         v, f = np.asarray(geom.vertices), np.zeros((0, 3), np.int64)
@@ -236,16 +241,68 @@ def _read_any(path: Path, suffix: str) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return _read_trimesh(path)
 
 
-def _check_arrays(path: Path, v: np.ndarray, f: np.ndarray, allow_points: bool) -> None:
+MAX_COORDINATE_MM = 1e6
+"""Coordinates beyond this (a kilometre) are refused when a file is read: a head spans about 300 mm, and
+far larger numbers only overflow the distance computations (wrong units, or a damaged file)."""
+
+
+def _check_arrays(path: Path, v: np.ndarray, f: np.ndarray, allow_points: bool, scale: float = 1.0) -> None:
     if len(v) == 0:
         raise InputError(path, "no vertices")
     if not np.isfinite(v).all():
         bad = int(np.flatnonzero(~np.isfinite(v).all(axis=1))[0])
         raise InputError(path, f"vertex {bad} has a NaN or infinite coordinate")
+    check_magnitude(path, float(np.abs(v).max()) * scale)  # Python floats: overflow to inf without a warning
     if len(f) and (f.min() < 0 or f.max() >= len(v)):
         raise InputError(path, f"face vertex id out of range [0, {len(v)}): min {f.min()}, max {f.max()}")
     if len(f) == 0 and not allow_points:
         raise InputError(path, "no faces (a point cloud where a mesh is required)")
+
+
+def check_magnitude(where: str | os.PathLike, largest_mm: float) -> None:
+    """InputError naming `where` when its largest absolute coordinate (mm) is beyond `MAX_COORDINATE_MM`."""
+    if not largest_mm <= MAX_COORDINATE_MM:
+        raise InputError(where, f"coordinates reach {largest_mm:.3g} mm, beyond any head's scale (at most "
+                                f"{MAX_COORDINATE_MM:g} mm are accepted; wrong --units, or a damaged file?)")
+
+
+MIN_CLOUD_POINTS = 7
+"""Points a cloud needs for an alignment: a similarity has 7 degrees of freedom."""
+
+
+def degeneracy(points: np.ndarray) -> str | None:
+    """What makes `points` (P, 3) mm useless for estimating a pose, in words, or None: all at one point, or
+    all on one line (the rotation about it is not determined)."""
+    p = np.asarray(points, np.float64)
+    if len(p) == 0:
+        return "no points"
+    spread = np.linalg.svd(p - p.mean(axis=0), compute_uv=False)
+    if spread[0] <= 1e-9 * max(1.0, float(np.abs(p).max())):
+        return f"all {len(p)} points coincide"
+    if len(spread) < 2 or spread[1] <= 1e-9 * spread[0]:
+        return f"all {len(p)} points lie on one line"
+    return None
+
+
+def check_cloud(where: str | os.PathLike, points: np.ndarray, what: str = "points",
+                min_points: int = MIN_CLOUD_POINTS) -> np.ndarray:
+    """`points` (P, 3) mm if a pose (and a fit) can be estimated from them: at least `min_points`, neither
+    all at one point nor all on one line; else InputError naming `where`."""
+    p = np.asarray(points, np.float64)
+    if len(p) < min_points:
+        said = what[:-1] if len(p) == 1 and what.endswith("s") else what
+        raise InputError(where, f"has {len(p)} {said}; aligning needs at least {min_points} {what}")
+    problem = degeneracy(p)
+    if problem is not None:
+        raise InputError(where, f"{what} are degenerate: {problem}; nothing can be aligned to them")
+    return p
+
+
+def load_landmarks(path: str | os.PathLike, units: str = "mm") -> np.ndarray:
+    """(L, 3) float64 mm landmark positions (a point table, see `load_points`), checked to determine a
+    pose: at least 3, not all on one line."""
+    points, _ = load_points(path, units)
+    return check_cloud(path, points, "landmarks", min_points=3)
 
 
 def load_mesh(path: str | os.PathLike, units: str = "mm", allow_points: bool = False) -> Mesh:
@@ -263,7 +320,7 @@ def load_mesh(path: str | os.PathLike, units: str = "mm", allow_points: bool = F
         return Mesh(points, np.zeros((0, 3), np.int64))
     suffix = _check_file(path, MESH_SUFFIXES + (POINT_SUFFIXES if allow_points else ()))
     v, f, _ = _read_any(path, suffix)
-    _check_arrays(path, v, f, allow_points)
+    _check_arrays(path, v, f, allow_points, scale)
     return Mesh(v * scale, f)
 
 
@@ -283,7 +340,7 @@ def load_points(path: str | os.PathLike, units: str = "mm") -> tuple[np.ndarray,
         if arr.ndim != 2 or arr.shape[1] not in (3, 6):
             raise InputError(path, f"expected 3 (xyz) or 6 (xyz + normal) columns, got shape {arr.shape}")
         pts, normals = arr[:, :3], (arr[:, 3:] if arr.shape[1] == 6 else None)
-    _check_arrays(path, pts, np.zeros((0, 3), np.int64), allow_points=True)
+    _check_arrays(path, pts, np.zeros((0, 3), np.int64), allow_points=True, scale=scale)
     if normals is not None:
         if normals.shape != pts.shape or not np.isfinite(normals).all():
             raise InputError(path, "normals do not match the points or are not finite")
@@ -307,6 +364,13 @@ def _read_table(path: Path, suffix: str) -> np.ndarray:
 SAVE_SUFFIXES = (".ply", ".obj", ".stl", ".off", ".glb")
 
 
+def check_mesh_suffix(flag: str, path: str | os.PathLike) -> None:
+    """InputError naming `flag` unless `save_mesh` can write `path`'s format (checked before any work)."""
+    if Path(path).suffix.lower() not in SAVE_SUFFIXES:
+        raise InputError(flag, f"{path}: cannot write {Path(path).suffix or 'a file without a suffix'}; "
+                               f"use one of {', '.join(SAVE_SUFFIXES)}")
+
+
 def save_mesh(path: str | os.PathLike, mesh: Mesh) -> None:
     """Write a mesh by suffix, atomically: .ply (binary little endian, float64) or .obj, our own writers;
     .stl, .off or .glb through trimesh (for other tools; .glb in metres, as glTF requires).
@@ -325,11 +389,31 @@ def save_mesh(path: str | os.PathLike, mesh: Mesh) -> None:
         else:
             scale = 1e-3 if suffix == ".glb" else 1.0
             tm = trimesh.Trimesh(mesh.vertices * scale, mesh.faces, process=False)
-            tm.export(str(tmp), file_type=suffix[1:])
+            tmp.write_bytes(_signed(tm.export(file_type=suffix[1:]), suffix))
+
+
+def _signed(data: bytes | str, suffix: str) -> bytes:
+    """trimesh's .off/.stl/.glb bytes with `SIGNATURE` where each format keeps free text: an OFF comment
+    line, the binary STL header, the glTF asset's generator."""
+    data = data.encode("ascii") if isinstance(data, str) else data
+    if suffix == ".off":
+        first, rest = data.split(b"\n", 1)
+        return first + f"\n# {SIGNATURE}, units mm\n".encode() + rest
+    if suffix == ".stl":
+        return SIGNATURE.encode().ljust(80, b" ") + data[80:]
+    # .glb: 12-byte header, then the JSON chunk (length, type, text padded with spaces to 4 bytes)
+    (json_len,) = struct.unpack_from("<I", data, 12)
+    gltf = json.loads(data[20:20 + json_len])
+    gltf.setdefault("asset", {})["generator"] = SIGNATURE
+    text = json.dumps(gltf, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 4)
+    rest = data[20 + json_len:]
+    body = struct.pack("<I", len(text)) + b"JSON" + text + rest
+    return data[:8] + struct.pack("<I", 12 + len(body)) + body
 
 
 def _write_ply(fh, mesh: Mesh) -> None:
-    header = ["ply", "format binary_little_endian 1.0", "comment neuralmorph, units mm",
+    header = ["ply", "format binary_little_endian 1.0", f"comment {SIGNATURE}, units mm",
               f"element vertex {len(mesh.vertices)}",
               "property double x", "property double y", "property double z"]
     if not mesh.is_point_cloud:
@@ -345,7 +429,7 @@ def _write_ply(fh, mesh: Mesh) -> None:
 
 
 def _write_obj(fh, mesh: Mesh) -> None:
-    fh.write(b"# neuralmorph, units mm\n")
+    fh.write(f"# {SIGNATURE}, units mm\n".encode())
     v = mesh.vertices
     # %.17g round-trips every float64 exactly
     fh.write((("v %.17g %.17g %.17g\n" * len(v)) % tuple(v.ravel())).encode("ascii"))

@@ -22,6 +22,7 @@ datasets and the metrics.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -44,6 +45,15 @@ if TYPE_CHECKING:
     from neuralmorph.data.dataset import HeadDataset
 
 Latents = dict[str, torch.Tensor]  # space name -> (B, K_space) float32
+
+LATENT_SIGMA_LIMIT = 1e4
+"""Latents farther than this many prior standard deviations from the prior mean (in any whitened
+coordinate) are refused by `check_latents`: no head lies there, and decoding them overflows to heads of
+1e31 mm or infinities."""
+
+MAX_TEMPERATURE = LATENT_SIGMA_LIMIT / 10
+"""The largest sampling temperature the verbs accept: its draws stay well inside `LATENT_SIGMA_LIMIT`, so
+every sample written can be read back."""
 
 MODELS: dict[str, type["MorphableModel"]] = {}
 """family name -> model class, filled by `@register` when `neuralmorph.models` is imported."""
@@ -168,6 +178,11 @@ class MorphableModel(torch.nn.Module, Trainable):
         self.register_buffer("region_weights", torch.as_tensor(
             np.zeros((0, 0), np.float32) if region_weights is None else np.array(region_weights, np.float32)))
         self.prior = torch.nn.ModuleDict({name: GaussianPrior(k) for name, k in self.latent_sizes.items()})
+        # How the model was made, saved with it (config.json "training") for `training_concerns`:
+        # {"split": the split trained on, "steps": optimiser steps (None: closed form), "warmup_steps": the
+        # trainer's warm-up (None: closed form), "held_out": `held_out_error`'s result (None: nothing held
+        # out)}. Set by `models.train.train_model`; None for a model made any other way.
+        self.training_record: dict | None = None
 
     # --- what every family implements ------------------------------------------------------------
 
@@ -201,7 +216,16 @@ class MorphableModel(torch.nn.Module, Trainable):
 
     @classmethod
     def validation_set(cls, dataset: "HeadDataset", config: ModelConfig, samples: Config | None = None) -> Any:
-        """Held-out items the trainer scores with `validation_metrics` (None: no validation)."""
+        """Items of the dataset's `val` split the trainer scores with `validation_metrics` during training,
+        logged as `val/<name>` (None: no validation, e.g. no `val` split, or a family that cannot score
+        unseen heads without fitting them)."""
+        return None
+
+    @classmethod
+    def test_set(cls, dataset: "HeadDataset", config: ModelConfig, samples: Config | None = None) -> Any:
+        """Items of the dataset's `test` split the trainer scores with `validation_metrics` once, after the
+        last step, logged as `test/<name>` (None: no test score). Never seen during training, so the test
+        split never steers a run."""
         return None
 
     @classmethod
@@ -242,6 +266,58 @@ class MorphableModel(torch.nn.Module, Trainable):
         fit may start from. None for the others."""
         return None
 
+    def held_out_error(self, dataset: "HeadDataset", split: str = "train", training_set: Any = None) -> dict | None:
+        """How well the trained model explains data it was not trained on, next to the same error of its
+        mean head (the trivial model that predicts one average head for everything), for the training
+        record. `split`: the split it was trained on; `training_set`: what it was trained on.
+
+        Returns {"metric": what is measured (mm), "value": the model's error, "mean_head": the mean head's
+        error, "items": how many items were scored, "data": which data, in words}, or None when there is
+        nothing held out to measure (the base version: families without a held-out measure)."""
+        return None
+
+    def training_concerns(self) -> list[str]:
+        """Why the saved model may never have learned, read from its `training_record` (empty: none).
+
+        The criterion, the same for every family:
+        - no record, or one whose numbers are not what a training run writes (missing, negative or
+          non-finite): the model cannot be vouched for;
+        - trainable families: fewer optimiser steps than the trainer's learning-rate warm-up — the run
+          stopped before it ever trained at its learning rate (with `--warmup-steps 0` only the next check
+          applies);
+        - the held-out error is no better than the mean head's (value >= mean_head): the model explains
+          unseen data no better than predicting one average head for all of it.
+        A record without a held-out measure (a dataset with no heads outside the trained split) is only
+        checked for its steps."""
+        rec = self.training_record
+        if rec is None:
+            return ["it records no training history (made before models recorded one, or not by `train`), so "
+                    "whether it learned cannot be checked"]
+        if not isinstance(rec, dict):
+            return [f"its training record is not a record ({type(rec).__name__})"]
+
+        def number(x) -> bool:
+            return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x >= 0
+
+        out = []
+        if self.trainable:
+            steps, warmup = rec.get("steps"), rec.get("warmup_steps")
+            if not (isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1 and number(warmup)):
+                out.append(f"its training record holds no usable step counts (steps {steps!r}, warm-up {warmup!r})")
+            elif steps < warmup:
+                out.append(f"it was trained for {steps} optimiser step(s), fewer than its {warmup} learning-rate "
+                           "warm-up steps, so it never trained at its learning rate")
+        held = rec.get("held_out")
+        if held is not None:
+            value = held.get("value") if isinstance(held, dict) else None
+            mean = held.get("mean_head") if isinstance(held, dict) else None
+            if not (number(value) and number(mean) and mean > 0):
+                out.append(f"its held-out record is not usable (error {value!r}, mean head {mean!r})")
+            elif value >= mean:
+                what = f"{held.get('metric', 'error')} {value:.3f} on {held.get('data', 'held-out data')}"
+                out.append(f"its held-out error ({what}) is no better than its mean head's ({mean:.3f})")
+        return out
+
     def training_summary(self, training_set: Any = None) -> str:
         """One line about the trained model for the `train` verb's report (sizes, training error...)."""
         return f"latent sizes {self.latent_sizes}"
@@ -276,8 +352,14 @@ class MorphableModel(torch.nn.Module, Trainable):
 
     def edit(self, vertices: torch.Tensor | np.ndarray, control: dict[str, torch.Tensor | np.ndarray],
              **options) -> torch.Tensor:
-        """A head (N, 3) mm with control-vertex displacements name -> (C_r, 3) mm applied region by region;
-        with no displacements, the model's own reconstruction of the head."""
+        """A head (N, 3) mm with control-vertex displacements name -> (C_r, 3) mm applied region by region
+        to the given vertices: vertices outside the edited regions (and the blend band around them) keep their
+        input coordinates exactly; with no displacements, the input head itself."""
+        self.check_editable()
+        raise NotImplementedError
+
+    def sample_control(self, region: str, n: int = 1, temperature: float = 1.0, seed: int = 0) -> torch.Tensor:
+        """(n, C_r, 3) mm control displacements of `region` drawn from the family's regional prior."""
         self.check_editable()
         raise NotImplementedError
 
@@ -319,19 +401,31 @@ class MorphableModel(torch.nn.Module, Trainable):
                 raise InputError(where, f"latent {name!r} must have shape (B, {self.latent_sizes[name]}), got {tuple(z.shape)}")
             if not torch.isfinite(z).all():
                 raise InputError(where, f"latent {name!r} contains NaN or infinite values")
+            if z.numel():
+                # in the prior's standard-normal coordinates (float64: a huge float32 code stays finite)
+                prior = self.prior[name]
+                w = torch.linalg.solve_triangular(prior.scale_tril.double(), (z.to(prior.mean.device).double()
+                                                                               - prior.mean.double()).T, upper=False)
+                far = float(w.abs().max())
+                if not far <= LATENT_SIGMA_LIMIT:
+                    raise InputError(where, f"latent {name!r} lies {far:.3g} prior standard deviations from the model's "
+                                            f"mean (at most {LATENT_SIGMA_LIMIT:g} are accepted): not a head this model "
+                                            "can decode")
         return latents
 
-    def save(self, folder: str | Path) -> None:
-        """Write config.json + weights.safetensors into `folder`, atomically."""
+    def save(self, folder: str | Path, overwrite: bool = False) -> None:
+        """Write config.json + weights.safetensors into `folder`, atomically (an earlier model there is
+        replaced only with `overwrite`)."""
         config = {
             "family": self.family,
             "config": self.config.to_dict(),
             "latent_sizes": self.latent_sizes,
             "frame": self.frame.as_dict(),
             "region_names": list(self.region_names),
+            "training": self.training_record,
         }
         arrays = {k: v.detach().cpu().contiguous().numpy() for k, v in self.state_dict().items()}
-        with atomic_dir(folder, "model") as tmp:
+        with atomic_dir(folder, "model", overwrite) as tmp:
             (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
             save_arrays(tmp / WEIGHTS_FILE, arrays, {"family": self.family})
 
@@ -342,19 +436,87 @@ class MorphableModel(torch.nn.Module, Trainable):
         cfg_path = folder / CONFIG_FILE
         if not cfg_path.is_file():
             raise InputError(folder, f"not a neuralmorph model folder (no {CONFIG_FILE})")
-        spec = read_json(cfg_path)
-        family = spec.get("family")
-        klass = family_class(family, str(cfg_path))
+        spec, klass = _saved_spec(cfg_path)
+        family = klass.family
         if cls is not MorphableModel and not issubclass(klass, cls):
             raise InputError(cfg_path, f"holds a {family!r} model, not {cls.family!r}")
-        arrays, _ = load_arrays(folder / WEIGHTS_FILE)
-        model = klass.from_saved(klass.Config.from_dict(spec["config"], str(cfg_path)), spec, arrays)
+        config = klass.Config.from_dict(spec["config"], str(cfg_path))
+        weights = folder / WEIGHTS_FILE
+        arrays, _ = load_arrays(weights)
+        for name, a in arrays.items():
+            if a.dtype.kind in "fc" and not np.isfinite(a).all():
+                raise InputError(weights, f"tensor {name!r} holds NaN or infinite values: the model is damaged "
+                                          "(or its training diverged)")
+        model = klass.from_saved(config, spec, _Required(arrays, weights, "tensor"))
+        expected = model.state_dict()
+        missing = [k for k in expected if k not in arrays]
+        extra = sorted(k for k in arrays if k not in expected)
+        if missing or extra:
+            raise InputError(weights, f"does not match the {family!r} model in {CONFIG_FILE}: "
+                                      + "; ".join(([f"lacks tensor(s) {_names(missing)}"] if missing else [])
+                                                  + ([f"holds unexpected tensor(s) {_names(extra)}"] if extra else [])))
+        for k, t in expected.items():
+            if tuple(arrays[k].shape) != tuple(t.shape):
+                raise InputError(weights, f"tensor {k!r} has shape {tuple(arrays[k].shape)}, the {family!r} config in "
+                                          f"{CONFIG_FILE} expects {tuple(t.shape)}")
+        if len(model.region_weights) and model.region_weights.shape[1] != len(model.region_names):
+            raise InputError(weights, f"region_weights has {model.region_weights.shape[1]} columns, {CONFIG_FILE} "
+                                      f"names {len(model.region_names)} regions")
         state = {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as exc:
-            raise InputError(folder / WEIGHTS_FILE, f"weights do not match the config: {str(exc).splitlines()[0]}") from None
+            raise InputError(weights, f"weights do not match the config: {str(exc).splitlines()[0]}") from None
+        model.training_record = spec.get("training")  # absent in models saved before it was recorded
         return model.to(device).eval()  # loaded models are for use; training puts them back in train mode
+
+
+class _Required(dict):
+    """A dict read from a user's file whose missing key is an InputError naming the file (`what`: what
+    its entries are called), so `from_saved` reports a damaged file instead of a KeyError."""
+
+    def __init__(self, data: dict, where: str | Path, what: str):
+        super().__init__(data)
+        self.where, self.what = where, what
+
+    def __missing__(self, key):
+        raise InputError(self.where, f"lacks {self.what} {key!r}")
+
+
+def _names(keys: list[str], shown: int = 4) -> str:
+    return ", ".join(repr(k) for k in keys[:shown]) + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
+
+
+def _saved_spec(path: Path) -> tuple[dict, type[MorphableModel]]:
+    """A model's config.json and its family's class, checked for the shape `save` writes: an object with a
+    registered family's name, a config object, latent sizes (space -> integer >= 0), a frame and region
+    names. Missing keys inside are InputErrors naming the file too (`_Required`)."""
+    spec = read_json(path)
+    if not isinstance(spec, dict):
+        raise InputError(path, f"must hold a JSON object (family, config, latent_sizes, frame), got {type(spec).__name__}")
+    if "family" not in spec:
+        raise InputError(path, "lacks 'family': not a config.json written by neuralmorph")
+    if not isinstance(spec["family"], str):
+        raise InputError(path, f"'family' must be a family name, got {spec['family']!r}")
+    klass = family_class(spec["family"], str(path))
+    for key in ("config", "latent_sizes", "frame"):
+        if key not in spec:
+            raise InputError(path, f"lacks {key!r}: not a config.json written by neuralmorph")
+    if not isinstance(spec["config"], dict):
+        raise InputError(path, f"'config' must be an object, got {type(spec['config']).__name__}")
+    sizes = spec["latent_sizes"]
+    if not isinstance(sizes, dict) or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 0
+                                              for k in sizes.values()):
+        raise InputError(path, f"'latent_sizes' must map latent spaces to integers >= 0, got {sizes!r}")
+    try:
+        Frame.from_dict(spec["frame"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(path, f"'frame' must be an object with origin (3 numbers), axes (a 3x3 rotation) and "
+                               f"mm_per_unit (> 0): {type(exc).__name__}: {exc}") from None
+    names = spec.get("region_names", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise InputError(path, f"'region_names' must be a list of strings, got {names!r}")
+    return _Required({**spec, "latent_sizes": _Required(sizes, path, "latent size of space")}, path, "field"), klass
 
 
 class RegisteredModel(MorphableModel):
@@ -383,6 +545,30 @@ class RegisteredModel(MorphableModel):
         solved together so that decode(z) ≈ δ(vertices); `fitting.fit_registered` iterates it. (None,
         None) for families without a joint solve: the fit keeps its Umeyama start."""
         return None, None
+
+    def held_out_error(self, dataset: "HeadDataset", split: str = "train", training_set: Any = None,
+                       chunk: int = 64) -> dict | None:
+        """Mean per-vertex distance (mm) between every registered head outside `split` (the heads it never
+        saw) and the model's registered fit of it (`project`, then `decode`: what `fit` makes of a
+        registered mesh), next to the distance to the mean of the `split` heads (the mean head). None when
+        the dataset has no registered heads outside `split`."""
+        if dataset.vertices is None:
+            return None
+        held = [h for h in dataset.heads if h.registered >= 0 and h.split != split]
+        trained = dataset.registered_rows(split)
+        if not held or len(trained) == 0:
+            return None
+        truth = torch.as_tensor(np.asarray(dataset.vertices[[h.registered for h in held]], np.float32))  # (H, N, 3)
+        mean = truth.new_tensor(dataset.vertices[trained].astype(np.float64).mean(0))                      # (N, 3)
+        errors = []
+        for part in truth.split(chunk):
+            latents = self.project(part.to(self.device))
+            with torch.no_grad():
+                errors.append((self.decode(latents).float().cpu() - part).norm(dim=-1).mean(dim=1))
+        splits = sorted({h.split for h in held})
+        return {"metric": "vertex_error_mm", "value": float(torch.cat(errors).mean()),
+                "mean_head": float((truth - mean).norm(dim=-1).mean()), "items": len(held),
+                "data": f"{len(held)} registered heads of the {' and '.join(splits)} split{'s' if len(splits) > 1 else ''}"}
 
     @property
     def n_vertices(self) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from neuralmorph.atomic import read_json, write_json
@@ -40,8 +41,16 @@ def load_latents(path: str | Path, model: MorphableModel) -> Latents:
         raise InputError(path, f"not a {FORMAT} file")
     if data.get("family") != model.family:
         raise InputError(path, f"holds {data.get('family')!r} latents, the model is {model.family!r}")
-    try:
-        latents = {k: torch.tensor(v, dtype=torch.float32, device=model.device)[None] for k, v in data["latents"].items()}
-    except (TypeError, ValueError, KeyError) as exc:
-        raise InputError(path, f"latents must be lists of numbers: {exc}") from None
+    codes = data.get("latents")
+    if not isinstance(codes, dict):
+        raise InputError(path, "'latents' must be an object mapping each latent space to a list of numbers, got "
+                               + ("nothing" if codes is None else type(codes).__name__))
+    latents = {}
+    for name, values in codes.items():
+        if not isinstance(values, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in values):
+            raise InputError(path, f"latent {name!r} must be a flat list of numbers")
+        code = np.asarray(values, dtype=np.float64)
+        if not np.isfinite(code).all() or (np.abs(code) > np.finfo(np.float32).max).any():
+            raise InputError(path, f"latent {name!r} holds NaN, infinite or float32-overflowing values")
+        latents[name] = torch.tensor(code, dtype=torch.float32, device=model.device)[None]
     return model.check_latents(latents, str(path))

@@ -26,9 +26,9 @@ from neuralmorph.models.base import Latents, ModelConfig, RegisteredModel, regis
 @dataclass(frozen=True)
 class PCAConfig(ModelConfig):
     identity_dims: int | None = None
-    """Identity components; None picks the fewest that explain `explained_variance`."""
+    """Identity components (unset, None: the fewest that explain `explained_variance` of the variance)."""
     expression_dims: int | None = None
-    """Expression components; None picks by `explained_variance` too."""
+    """Expression components (unset, None: the fewest that explain `explained_variance` of the variance)."""
     explained_variance: float = 0.98
     """Fraction of the training variance to keep when a size is not given."""
 
@@ -113,10 +113,10 @@ class PCAModel(RegisteredModel):
         """Both PCAs (and the priors) fitted to the registered heads of one split of `dataset` (closed form:
         no training set, no seed)."""
         if dataset.vertices is None:
-            raise InputError("dataset", "the PCA model needs registered heads (this dataset holds raw scans only)")
+            raise InputError(dataset.where, "the PCA model needs registered heads (this dataset holds raw scans only)")
         neutral = neutral_rows(dataset, split)
         if len(neutral) < 2:
-            raise InputError("dataset", f"the {split!r} split has {len(neutral)} subject(s); identity PCA needs at least 2")
+            raise InputError(dataset.where, f"the {split!r} split has {len(neutral)} subject(s); identity PCA needs at least 2")
         n = dataset.n_vertices
 
         verts = dataset.vertices.reshape(len(dataset.vertices), -1).astype(np.float64)

@@ -158,7 +158,7 @@ def save_checkpoint(out: Path, step: int, model_state: dict[str, torch.Tensor], 
             opt_tensors[f"rng.{rank}.{kind}"] = tensor
         rng_json[str(rank)] = rng["json"]
     full_state = {"format": FORMAT, "step": step, **state, "optimizer": opt_json, "rng": rng_json}
-    with atomic_dir(root / name, "checkpoint") as tmp:
+    with atomic_dir(root / name, "checkpoint", overwrite=True) as tmp:  # our run folder: a rerun step replaces its own
         save_arrays(tmp / WEIGHTS_FILE, model_state, {"format": FORMAT, "step": step})
         save_arrays(tmp / OPTIMIZER_FILE, opt_tensors, {"format": FORMAT, "step": step})
         (tmp / STATE_FILE).write_text(json.dumps(full_state, indent=1, sort_keys=True, allow_nan=True) + "\n")
@@ -205,7 +205,7 @@ def latest_checkpoint(out: Path) -> Path | None:
     root = Path(out) / CHECKPOINT_DIR
     pointer = root / LATEST_FILE
     if pointer.is_file():
-        name = pointer.read_text().strip()
+        name = pointer.read_bytes().decode("utf-8", errors="replace").strip()  # damaged: stale, like a missing one
         if _STEP_DIR.match(name) and (root / name / STATE_FILE).is_file():
             return root / name
     ckpts = list_checkpoints(root)
@@ -217,8 +217,20 @@ def load_checkpoint(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, to
     folder = Path(folder)
     state_path = folder / STATE_FILE
     state = read_json(state_path, "checkpoint state not found")
+    if not isinstance(state, dict):
+        raise InputError(state_path, f"must hold a JSON object (a {FORMAT} checkpoint's state), got {type(state).__name__}")
     if state.get("format") != FORMAT:
         raise InputError(state_path, f"not a {FORMAT} checkpoint (format {state.get('format')!r})")
+    step = state.get("step")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise InputError(state_path, f"'step' must be an integer >= 0, got {step!r}")
+    opt = state.get("optimizer")
+    if not isinstance(opt, dict) or not isinstance(opt.get("param_groups"), list) \
+            or not all(isinstance(g, dict) for g in opt["param_groups"]) \
+            or not isinstance(opt.get("state_scalars", {}), dict):
+        raise InputError(state_path, "'optimizer' must be an object with a 'param_groups' list of objects")
+    if not isinstance(state.get("rng", {}), dict):
+        raise InputError(state_path, "'rng' must be an object")
     weights, _ = load_arrays(folder / WEIGHTS_FILE, framework="pt")
     opt_tensors, _ = load_arrays(folder / OPTIMIZER_FILE, framework="pt")
     return weights, opt_tensors, state

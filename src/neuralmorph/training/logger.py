@@ -1,8 +1,10 @@
 """Run logging: `metrics.csv` always, TensorBoard scalars (and mesh previews) when `tensorboard` is installed.
 
 Only rank 0 builds a `RunLogger` that writes; other ranks get a disabled one. `metrics.csv` holds one
-row per step that logged anything (step, lr, loss, the model's own logs, `val/...` metrics); when a new
-column appears the file is rewritten with the wider header. On resume, rows after the checkpoint's step
+row per step that logged anything (step, lr, loss, the model's own logs, `val/...` metrics of the
+validation split, `test/...` metrics of the test split at the last step); when a new column appears the
+file is rewritten with the wider header. TensorBoard tags are the same names, the training scalars
+under `train/`. On resume, rows after the checkpoint's step
 (written by the killed run after its last checkpoint) are dropped, and TensorBoard purges its events
 after that step too, so both read as one uninterrupted run.
 """

@@ -3,14 +3,14 @@
 A family's model is a `torch.nn.Module` and a `Trainable` that implements `training_loss(batch, step)` (and
 may override `validation_metrics`, `preview` and `parameter_groups`); `train(model, dataset, TrainerConfig(...), out)`
 does the rest: AdamW with warm-up + cosine (or constant) learning rate, gradient clipping, optional AMP
-on CUDA, progress bar, metrics.csv / TensorBoard, validation, atomic safetensors checkpoints and a
-bit-identical `resume`. See docs/training.md.
+on CUDA, progress bar, metrics.csv / TensorBoard, validation (`val/...` during training) and a final
+test score (`test/...`), atomic safetensors checkpoints and a bit-identical `resume`. See docs/training.md.
 
 Determinism: the global batch of step s is a pure function of (seed, s) — consecutive slices of a stream
 of per-epoch permutations, each drawn from numpy's generator seeded with (seed, epoch) — so a resumed run
 sees exactly the batches the uninterrupted run would have; torch / numpy / python RNG states are saved
-in every checkpoint (per rank) and restored. Validation runs with the RNG states saved and restored
-around it, so how often it runs never changes the training trajectory.
+in every checkpoint (per rank) and restored. Validation and the test score run with the RNG states saved
+and restored around them, so how often they run never changes the training trajectory.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from neuralmorph.training import checkpoint as ckpt
 from neuralmorph.training.distributed import (DistInfo, all_gather_objects, barrier, init_distributed,
                                               mean_over_ranks, shutdown_distributed)
 from neuralmorph.training.logger import RunLogger
+from neuralmorph.training.run_folder import claim_run_folder
 
 RUN_CONFIG_FILE = "run_config.json"
 KILL_HOOK_ENV = "NEURALMORPH_TEST_KILL_AFTER_CHECKPOINT"
@@ -69,7 +70,8 @@ class TrainerConfig(Config):
     checkpoint_every: int = 500
     """Write a checkpoint every this many steps (0: only at the end); one is always written at the end."""
     val_every: int = 250
-    """Validate every this many steps when there is a validation set (0: only at the end)."""
+    """Validate every this many steps when there is a validation set (0: only at the end); a test set is
+    scored only at the end."""
     log_every: int = 10
     """Log the mean loss of the last this-many steps to metrics.csv / TensorBoard / the progress bar."""
     grad_clip: float | None = 1.0
@@ -142,7 +144,8 @@ class Trainable:
 
     def validation_metrics(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
         """Per-batch means; the trainer reports their batch-size-weighted mean over the validation set as
-        `val/<name>` (default: the training loss at `step`, as `val/loss`)."""
+        `val/<name>`, and over the test set (after the last step) as `test/<name>` (default: the training
+        loss at `step`, as `val/loss` and `test/loss`)."""
         return {"loss": self.training_loss(batch, step)[0]}
 
     def preview(self, batch: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -270,7 +273,10 @@ def load_run_config(out: str | Path) -> dict | None:
     path = Path(out) / RUN_CONFIG_FILE
     if not path.is_file():
         return None
-    return read_json(path)
+    rc = read_json(path)
+    if not isinstance(rc, dict) or not all(isinstance(rc.get(k, {}), dict) for k in ("trainer", "run")):
+        raise InputError(path, "must hold a JSON object with 'trainer' and 'run' objects (written by neuralmorph train)")
+    return rc
 
 
 def _comparable(rc: dict) -> dict:
@@ -334,8 +340,9 @@ def _loader(dataset: Dataset, sampler, config: TrainerConfig, device: torch.devi
 
 
 def _validate(model: torch.nn.Module, val_set: Dataset, config: TrainerConfig, info: DistInfo, step: int,
-              autocast) -> dict[str, float]:
-    """Batch-size-weighted mean of the model's validation metrics over the whole validation set."""
+              autocast, prefix: str = "val") -> dict[str, float]:
+    """Batch-size-weighted mean of the model's validation metrics over the whole of `val_set` (the
+    validation or the test set), as `<prefix>/<name>`."""
     indices = list(range(info.rank, len(val_set), info.world_size))
     per = max(config.batch_size // info.world_size, 1)
     sums: dict[str, float] = {}
@@ -364,7 +371,7 @@ def _validate(model: torch.nn.Module, val_set: Dataset, config: TrainerConfig, i
         for k, v in s.items():
             total[k] = total.get(k, 0.0) + v
         total_count += c
-    return {f"val/{k}": v / max(total_count, 1) for k, v in sorted(total.items())}
+    return {f"{prefix}/{k}": v / max(total_count, 1) for k, v in sorted(total.items())}
 
 
 def _preview(model: torch.nn.Module, val_set: Dataset, device: torch.device) -> dict:
@@ -382,13 +389,16 @@ def _preview(model: torch.nn.Module, val_set: Dataset, device: torch.device) -> 
 
 def train(model: torch.nn.Module, train_set: Dataset, config: TrainerConfig, out: str | Path,
           val_set: Dataset | None = None, resume: bool = False, run_config: dict | None = None,
-          progress: bool = True) -> torch.nn.Module:
+          progress: bool = True, test_set: Dataset | None = None, overwrite: bool = False) -> torch.nn.Module:
     """Train `model` (a `Trainable` torch.nn.Module) on `train_set`; checkpoints and logs under `out`.
 
-    train_set / val_set: map-style datasets whose items are dict[str, Tensor] (default-collated into
-    batches). resume: continue from out/checkpoints/latest (bit-identically on the same device and
-    process count); the given config must equal the saved out/run_config.json, else InputError naming
-    the differing fields. run_config: the family's own config (model, data...), saved and compared
+    train_set / val_set / test_set: map-style datasets whose items are dict[str, Tensor] (default-collated
+    into batches). val_set is scored every `val_every` steps and at the end (`val/<name>`); test_set only
+    once, after the last step (`test/<name>`), so it can never steer a run. `out` must be absent, empty,
+    the run to `resume` or, with `overwrite`, an earlier run to replace (`training.run_folder`); it is
+    locked while the run lasts. resume: continue from out/checkpoints/latest (bit-identically on the
+    same device and process count); the given config must equal the saved out/run_config.json, else
+    InputError naming the differing fields. run_config: the family's own config (model, data...), saved and compared
     alongside the trainer's. Under torchrun this joins the process group (and leaves it on return);
     only rank 0 writes. Returns the trained model itself (not a DDP wrapper), on config.device (or its
     rank's GPU).
@@ -405,7 +415,7 @@ def train(model: torch.nn.Module, train_set: Dataset, config: TrainerConfig, out
     info = init_distributed(config.device)
     prev_deterministic = torch.are_deterministic_algorithms_enabled()
     prev_cudnn_benchmark = torch.backends.cudnn.benchmark
-    logger = bar = module = loader = None
+    logger = bar = module = loader = lock = None
     try:
         device = info.device
         if config.amp and device.type != "cuda":
@@ -418,7 +428,10 @@ def train(model: torch.nn.Module, train_set: Dataset, config: TrainerConfig, out
                 torch.backends.cudnn.benchmark = False
             torch.use_deterministic_algorithms(True, warn_only=True)
 
-        # --- run config and where to start ---------------------------------------------------------
+        # --- the run folder, run config and where to start ------------------------------------------
+        if info.is_main:  # refused unless `out` is new, this run's to continue, or ours to replace
+            lock = claim_run_folder(out, resume, overwrite)
+        barrier(info)
         new_rc = make_run_config(config, run_config)
         saved_rc = load_run_config(out)
         latest = ckpt.latest_checkpoint(out)
@@ -430,12 +443,8 @@ def train(model: torch.nn.Module, train_set: Dataset, config: TrainerConfig, out
                                      "run's: " + "; ".join(diffs) + " (resume with the saved values, or train into a new --out)")
             elif latest is not None:
                 raise InputError(out, f"has checkpoints but no {RUN_CONFIG_FILE}; cannot check the config to resume")
-        elif latest is not None:
-            raise InputError(out, f"already holds a training run (checkpoint {latest.name}); pass --resume to "
-                                  "continue it, or choose another --out")
         barrier(info)
         if info.is_main:
-            out.mkdir(parents=True, exist_ok=True)
             ckpt.remove_stale_temporaries(out)
             if not (resume and saved_rc is not None):
                 write_json(out / RUN_CONFIG_FILE, new_rc)
@@ -563,6 +572,11 @@ def train(model: torch.nn.Module, train_set: Dataset, config: TrainerConfig, out
                     logger.meshes(done, _preview(model, val_set, info.device))
                 if metrics and info.is_main:
                     bar.write(f"step {done}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+            if test_set is not None and len(test_set) > 0 and done == config.max_steps:
+                metrics = _validate(model, test_set, config, info, step, autocast, prefix="test")
+                logger.log(done, metrics)
+                if metrics and info.is_main:
+                    bar.write(f"step {done}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
 
             if (config.checkpoint_every and done % config.checkpoint_every == 0) or done == config.max_steps:
                 rngs = all_gather_objects(info, ckpt.capture_rng(device))
@@ -589,4 +603,6 @@ def train(model: torch.nn.Module, train_set: Dataset, config: TrainerConfig, out
         torch.use_deterministic_algorithms(prev_deterministic)
         torch.backends.cudnn.benchmark = prev_cudnn_benchmark
         module = loader = None  # drop the DDP wrapper before its process group goes
+        if lock is not None:
+            lock.release()
         shutdown_distributed(info)

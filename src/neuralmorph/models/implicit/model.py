@@ -60,7 +60,8 @@ class ImplicitConfig(ModelConfig):
     """What both implicit families share: deformation, code init, every loss weight."""
 
     deformation: Literal["forward", "backward"] = "forward"
-    """forward: canonical -> posed (NPHM, cheap animation of one mesh); backward: posed -> canonical (MonoNPHM)."""
+    """forward: the deformation maps canonical to posed points (one extracted mesh per identity, animated by
+    moving its vertices); backward: posed to canonical points."""
     hyper_dims: int = 0
     """Backward only: ambient hyper-coordinates the deformation adds to the canonical SDF's input."""
     expression_size: int = 32
@@ -76,36 +77,36 @@ class ImplicitConfig(ModelConfig):
     code_init_std: float = 0.01
     """Std of the initial identity codes (expression codes start at zero: no deformation)."""
     code_lr: float | None = 2e-2
-    """Learning rate of the codebooks (None: the trainer's --lr); they never get weight decay. Higher than
-    the networks' because a batch draws each code rarely (docs/benchmarks.md, "Defaults and why")."""
+    """Learning rate of the codebooks (None: the trainer's --lr); they never get weight decay."""
     # --- losses (IGR / NPHM; distances in canonical units unless the name says mm) ---
     surface_weight: float = 2.0
-    """Mean |SDF| at surface samples."""
+    """Weight of the mean |SDF| at surface samples."""
     normal_weight: float = 0.3
-    """Mean ‖∇SDF − n‖ at surface samples."""
+    """Weight of the mean ‖∇SDF − n‖ at surface samples."""
     nonface_normal_scale: float = 0.5
-    """Factor on the normal term at non-face samples (hair, ears, neck are noisier) ..."""
+    """Factor on the normal term at non-face samples (hair, ears and neck are noisier)."""
     nonface_normal_clamp: float = 0.75
-    """... whose per-point error is also clamped at this value."""
+    """Clamp of the per-point normal error at non-face samples."""
     eikonal_weight: float = 0.1
-    """Mean |‖∇SDF‖ − 1| at surface, near and far samples."""
+    """Weight of the mean |‖∇SDF‖ − 1| at surface, near and far samples."""
     far_weight: float = 0.01
-    """Mean exp(−|SDF| / far_decay) at far samples: no stray surfaces off the head."""
+    """Weight of the mean exp(−|SDF| / far_decay) at far samples: no stray surfaces off the head."""
     far_decay_mm: float = 25.0
-    """Length scale of the far-space term (NPHM: 1/10 of its 25 cm unit)."""
+    """Length scale of the far-space term."""
     sign_weight: float = 1.0
-    """Mean max(0, −label · SDF) at the sign-labelled space samples (winding number of the registered
-    mesh): keeps the field positive where nothing is observed outside (below the neck) and negative inside."""
+    """Weight of the mean max(0, −label · SDF) at the sign-labelled space samples (winding number of the
+    registered mesh): keeps the field positive where nothing is observed outside (below the neck) and
+    negative inside."""
     identity_reg: float = 0.01
-    """Squared norm of the identity codes (local family: global and local parts)."""
+    """Weight of the identity codes' squared norm (local family: global and local parts)."""
     expression_reg: float = 1e-4
-    """Squared norm of the expression codes."""
+    """Weight of the expression codes' squared norm."""
     corr_weight: float = 100.0
-    """Mean squared error of the deformed correspondences (canonical units²)."""
+    """Weight of the mean squared error of the deformed correspondences (canonical units²)."""
     zero_deform_weight: float = 1e-3
-    """Mean squared deformation at the far samples (zero-deformation prior away from the face)."""
+    """Weight of the mean squared deformation at the far samples (no deformation away from the face)."""
     hyper_weight: float = 0.05
-    """Mean squared hyper-coordinates (backward with hyper_dims > 0)."""
+    """Weight of the mean squared hyper-coordinates (backward with hyper_dims > 0)."""
 
     def _check(self, where: str) -> None:
         if self.deformation not in ("forward", "backward"):
@@ -155,35 +156,31 @@ class ImplicitLocalConfig(ImplicitConfig):
     face_anchor_fraction: float = 0.7
     """Share of the anchors placed in the face regions (the rest cover skull, ears and neck)."""
     global_size: int = 64
-    """Global part of the identity code (feeds every member and the anchor MLP). As large as the global
-    family's whole code: trained as NPHM, the local codes carry little identity (docs/benchmarks.md)."""
+    """Global part of the identity code (feeds every member and the anchor MLP)."""
     local_size: int = 8
     """Per-anchor part of the identity code (one per anchor and one for the global member)."""
     member_hidden: int = 54
-    """Width of each member MLP (54: the field then has about as many parameters as the global family's
-    widened SDF network in the fidelity benchmark, 280k vs 264k)."""
+    """Width of each member MLP."""
     member_layers: int = 3
     """Hidden layers of each member MLP."""
     anchor_hidden: int = 64
     """Width of the anchor-offset MLP."""
     neighbours: int = 8
-    """Anchors blended per query (K nearest; 0: every anchor, NPHM's dense evaluation)."""
+    """Anchors blended per query (the K nearest; 0: every anchor, a dense softmax blend)."""
     blend_neighbour: int = 6
-    """σ of the Gaussian blend = distance to this nearest anchor / blend_divisor (MonoNPHM: 8th / 3.75).
-    With K = 8 the 9th anchor then weighs ≲ e⁻⁸ of the nearest, so truncating at K changes little."""
+    """n: the Gaussian blend's width σ is the query's distance to its n-th nearest anchor / blend_divisor."""
     blend_divisor: float = 3.75
-    """See blend_neighbour."""
+    """Divisor of the Gaussian blend's σ (see blend_neighbour)."""
     global_distance_mm: float = 150.0
     """Pseudo-distance of the global (background) member in the blend: it only matters far from every anchor."""
     midline_eps_mm: float = 1.0
     """Smoothing of |x| for the midline and global members (even in x, so the model is mirror-symmetric)."""
     anchor_weight: float = 7.5
-    """Mean squared error of the predicted vs the registered anchors (canonical units²)."""
+    """Weight of the mean squared error of the predicted vs the registered anchors (canonical units²)."""
     symmetry_weight: float = 0.01
-    """Mean distance between the local codes of each left/right pair."""
+    """Weight of the mean distance between the local codes of each left/right pair."""
     local_reg: float | None = None
-    """Squared norm of the local codes during training (None: `identity_reg`, as NPHM). Every member also
-    sees the global code, so a weight as strong as the global part's leaves the local codes unused."""
+    """Weight of the local codes' squared norm during training (None: identity_reg)."""
 
     def __post_init__(self):
         where = "implicit-local config"
@@ -571,6 +568,23 @@ class ImplicitModel(MorphableModel):
             model.code_subject.copy_(torch.as_tensor(stream.head_subject))
         return model
 
+    def held_out_error(self, dataset: HeadDataset, split: str | None = "train",
+                       training_set: ImplicitSamples | None = None) -> dict | None:
+        """Mean |SDF| (mm) at held-out surface points of the training heads (`held_out_surface_error`: points
+        never in the training pools) with each head's trained codes, next to the same with every head
+        given the prior's mean codes (the mean head). An auto-decoder has no code for an unseen head until
+        it is fitted, so its held-out data are unseen points of the training surfaces. None without the
+        training set."""
+        if training_set is None:
+            return None
+        own = held_out_surface_error(self, training_set)
+        n = len(training_set.head_ids)
+        mean = {name: self.prior[name].mean.expand(n, -1) for name in ("identity", "expression")}
+        average = held_out_surface_error(self, training_set, latents=mean)
+        return {"metric": "surface_sdf_mm", "value": own["mean_mm"], "mean_head": average["mean_mm"],
+                "items": own["heads"],
+                "data": f"held-out surface points of {own['heads']} training heads"}
+
     def training_summary(self, training_set: ImplicitSamples | None = None) -> str:
         counts = self.parameter_counts()
         line = (f"{self.deformation} deformation; field {counts['field']:,}, deformation {counts['deformation']:,} "
@@ -584,14 +598,15 @@ class ImplicitModel(MorphableModel):
 
 @torch.no_grad()
 def held_out_surface_error(model: ImplicitModel, samples: ImplicitSamples, points: int = 5000,
-                           seed: int = 12345) -> dict[str, float]:
+                           seed: int = 12345, latents: Latents | None = None) -> dict[str, float]:
     """Mean and 90th percentile |SDF| in mm at fresh surface points (never in the training pools) of every
     training head's supervising surface (its subject's neutral scan for forward models, its own scan for
-    backward ones), with the trained codes. Forward models are measured in canonical space, backward ones
-    through the warp. Returns {"mean_mm", "p90_mm", "face_mean_mm"}."""
+    backward ones), with the trained codes (or `latents`: {"identity": (H, Ki), "expression": (H, Ke)},
+    one row per training head). Forward models are measured in canonical space, backward ones through the
+    warp. Returns {"mean_mm", "p90_mm", "face_mean_mm", "heads"}."""
     was = model.training
     model.eval()
-    lat = model.training_latents()
+    lat = model.training_latents() if latents is None else latents
     errs, face = [], []
     heads = [k for k in range(len(samples.head_ids)) if model.deformation == "backward" or samples.is_neutral[k] > 0]
     for k in heads:
@@ -604,7 +619,7 @@ def held_out_surface_error(model: ImplicitModel, samples: ImplicitSamples, point
     model.train(was)
     e, m = np.concatenate(errs), np.concatenate(face)
     return {"mean_mm": float(e.mean()), "p90_mm": float(np.percentile(e, 90)),
-            "face_mean_mm": float(e[m].mean()) if m.any() else float("nan")}
+            "face_mean_mm": float(e[m].mean()) if m.any() else float("nan"), "heads": len(heads)}
 
 
 SMOKE_SAMPLES = ImplicitSampleConfig(surface_points=128, near_points=128, far_points=32, correspondences=32,
@@ -737,7 +752,7 @@ class ImplicitLocalModel(ImplicitModel):
     def _anchor_ids(cls, dataset, config, split):
         neutral = [dataset.heads[i].registered for i in subject_neutrals(dataset, split).values()]
         if not neutral:
-            raise InputError("dataset", f"no registered heads in the {split!r} split")
+            raise InputError(dataset.where, f"no registered heads in the {split!r} split")
         mean = dataset.frame.to_canonical(dataset.vertices[neutral].astype(np.float64).mean(0))
         ids, p, m = pick_anchors(mean, face_vertex_mask(dataset), config.anchor_pairs, config.anchor_midline,
                                  config.face_anchor_fraction, tolerance=1.0 / dataset.frame.mm_per_unit)

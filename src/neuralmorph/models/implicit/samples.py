@@ -77,7 +77,7 @@ class ImplicitSampleConfig(Config):
     near_points: int = 512
     """Near-surface points per item (surface points + Gaussian noise)."""
     near_sigma_mm: float = 2.5
-    """Std of the near-surface noise per coordinate (NPHM: 0.01 of its units = 2.5 mm)."""
+    """Std of the near-surface noise per coordinate."""
     far_points: int = 128
     """Points uniform in the bounding box per item (eikonal and far-space terms)."""
     sign_points: int = 256
@@ -89,9 +89,9 @@ class ImplicitSampleConfig(Config):
     correspondences: int = 256
     """Neutral/posed correspondence pairs per item (even)."""
     corr_sigma_mm: float = 2.5
-    """Wide offset std along the normal for half of the correspondences (NPHM: 2.5 mm)."""
+    """Wide offset std along the normal for half of the correspondences."""
     corr_sigma_fine_mm: float = 0.5
-    """Tight offset std for the other half (NPHM: 0.5 mm)."""
+    """Tight offset std along the normal for the other half."""
     pool_size: int = 50_000
     """Surface points kept in memory per head."""
     draws_per_head: int = 64
@@ -229,7 +229,7 @@ class ImplicitSamples(torch.utils.data.Dataset):
                  split: str | None = "train", seed: int = 0, anchor_ids: np.ndarray | None = None,
                  surfaces: str = "neutral", heads: list[int] | None = None):
         if dataset.vertices is None:
-            raise InputError("dataset", "the implicit families need registered heads (this dataset holds raw scans only)")
+            raise InputError(dataset.where, "the implicit families need registered heads (this dataset holds raw scans only)")
         if surfaces not in ("neutral", "own"):
             raise InputError("surfaces", f"must be 'neutral' or 'own', got {surfaces!r}")
         self.config, self.seed, self.surfaces = config, int(seed), surfaces
@@ -239,7 +239,7 @@ class ImplicitSamples(torch.utils.data.Dataset):
         ids = [i for i, h in enumerate(dataset.heads)
                if h.registered >= 0 and (split is None or h.split == split) and (heads is None or i in heads)]
         if not ids:
-            raise InputError("dataset", f"no registered heads in the {split!r} split")
+            raise InputError(dataset.where, f"no registered heads in the {split!r} split")
         self.head_ids = ids
         self.subjects = sorted({dataset.heads[i].subject for i in ids}, key=lambda s: min(
             j for j in ids if dataset.heads[j].subject == s))

@@ -28,11 +28,11 @@ class RegionalConfig(ModelConfig):
     embed_size: int = 32
     """D: per-vertex embedding size of the point-wise encoder and decoder (coefficients per region)."""
     decoder_attention: Literal["full", "local"] = "local"
-    """'local' (default): a region token attends only to the latent token and itself, so a control token
-    cannot reach another region at all (locality by construction, measured 0 change outside the region);
-    'full': every decoder token attends to every token (LAMM; locality must then be learned in stage 2)."""
+    """local: each region token attends only to the latent token and itself, so a control token cannot
+    change another region (locality by construction); full: every decoder token attends to every token
+    (locality must then be learned in stage 2)."""
     normalise: Literal["global", "vertex"] = "global"
-    """Scale of the normalised offsets: one global σ, or a σ per vertex (LAMM)."""
+    """Scale of the normalised offsets: one global σ, or one σ per vertex."""
     control_per_region: int = 6
     """Control vertices per region (farthest-point samples of the region's interior; 0: no control)."""
     control_hidden: int = 64
@@ -61,11 +61,11 @@ class RegionalConfig(ModelConfig):
     alpha_min: float = 0.25
     """Stage 2: smallest α."""
     alpha_max_start: float = 0.25
-    """Stage 2: largest α at step 0 ..."""
+    """Stage 2: largest α at step 0."""
     alpha_max_end: float = 1.0
-    """... ramped linearly to this ..."""
+    """Stage 2: largest α after the ramp (alpha_ramp_steps)."""
     alpha_ramp_steps: int = 1000
-    """... over this many steps."""
+    """Stage 2: steps over which the largest α ramps linearly from alpha_max_start to alpha_max_end."""
     augment_noise_mm: float = 0.0
     """Std of Gaussian noise added to encoder inputs during training (0: none)."""
 

@@ -34,6 +34,12 @@ displacements α·(V_t − V_s) at the control vertices of a random subset of re
 V_s + α·m ⊙ (V_t − V_s) (m: the subset's region weights; with every region selected this is LAMM's
 α·V_t + (1 − α)·V_s), α ~ U[α_min, α_max(step)] on a linear curriculum. A locality term keeps the
 edited output equal to the (detached) autoencoded output outside the edited regions.
+
+Editing (`edit`, `resample_region`) adds the decoded change of the edited regions' coefficients to the
+given head rather than returning the model's reconstruction of it, carried over a blend band of a few
+mesh-edge rings around the edited regions with a linear falloff, so it fades to zero instead of stopping
+at the region border; vertices outside the edited regions and their blend bands keep their input coordinates
+exactly.
 """
 
 from __future__ import annotations
@@ -49,9 +55,11 @@ from torch.nn import functional as F
 from neuralmorph.data.dataset import HeadDataset
 from neuralmorph.errors import InputError
 from neuralmorph.frame import Frame
+from neuralmorph.geometry.adjacency import k_ring, vertex_adjacency
 from neuralmorph.models.base import GaussianPrior, Latents, RegisteredModel, register
 from neuralmorph.models.regional.config import RegionalConfig
-from neuralmorph.models.regional.regions import check_region_weights, pick_control_vertices, segment_template
+from neuralmorph.models.regional.regions import (BLEND_RINGS, blend_into_rings, check_blend_rings,
+                                                 check_region_weights, pick_control_vertices, segment_template)
 from neuralmorph.training import TrainerConfig
 
 # --- data ---------------------------------------------------------------------------------------------
@@ -62,10 +70,10 @@ class RegionalTrainData(torch.utils.data.Dataset):
 
     def __init__(self, dataset: HeadDataset, split: str | None = "train"):
         if dataset.vertices is None:
-            raise InputError("dataset", "the regional model needs registered heads (this dataset holds raw scans only)")
+            raise InputError(dataset.where, "the regional model needs registered heads (this dataset holds raw scans only)")
         self.rows = dataset.registered_rows(split)
         if len(self.rows) == 0:
-            raise InputError("dataset", f"no registered heads in the {split!r} split")
+            raise InputError(dataset.where, f"no registered heads in the {split!r} split")
         self.vertices = torch.as_tensor(np.ascontiguousarray(dataset.vertices[self.rows], np.float32))
 
     def __len__(self) -> int:
@@ -159,7 +167,12 @@ class RegionalModel(RegisteredModel):
 
     @classmethod
     def validation_set(cls, dataset: HeadDataset, config: RegionalConfig, samples=None) -> "RegionalTrainData | None":
-        """The test split's registered heads, when the dataset has any."""
+        """The val split's registered heads, when the dataset has any (else no validation)."""
+        return RegionalTrainData(dataset, "val") if len(dataset.registered_rows("val")) else None
+
+    @classmethod
+    def test_set(cls, dataset: HeadDataset, config: RegionalConfig, samples=None) -> "RegionalTrainData | None":
+        """The test split's registered heads, when the dataset has any: scored once, after the last step."""
         return RegionalTrainData(dataset, "test") if len(dataset.registered_rows("test")) else None
 
     @classmethod
@@ -358,13 +371,20 @@ class RegionalModel(RegisteredModel):
             outs.append(tokens[:, 1:])
         return outs
 
-    def _tokens_to_vertices(self, tokens: torch.Tensor) -> torch.Tensor:
+    def _coefficients(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Decoder region tokens (B, R, dim) -> per-region coefficients c_r (B, R, D): the per-region head
+        plus the linear skip of the latent that `_decode_tokens` just decoded."""
         h = F.gelu(self.head_hidden(self.dec_norm(tokens)))
         coef = torch.einsum("bre,red->brd", h, self.head_w) + self.head_b          # (B, R, D)
-        coef = coef + self._skip_coef                                                # linear path
+        return coef + self._skip_coef                                                # linear path
+
+    def _offsets(self, coef: torch.Tensor) -> torch.Tensor:
+        """Per-region coefficients (B, R, D) -> normalised offsets (B, N, 3): o_v = B_v Σ_r w_vr c_r."""
         per_vertex = torch.matmul(self.region_weights, coef)                         # (B, N, D) blended
-        offsets = (self.dec_embed * per_vertex[:, :, None, :]).sum(-1)             # (B, N, 3)
-        return self.mean + self.scale * offsets
+        return (self.dec_embed * per_vertex[:, :, None, :]).sum(-1)                # (B, N, 3)
+
+    def _tokens_to_vertices(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.mean + self.scale * self._offsets(self._coefficients(tokens))
 
     def decode(self, latents: Latents, control: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """{"global": (B, K)} (+ control displacements name -> (B, C_r, 3) mm) -> vertices (B, N, 3) mm."""
@@ -382,20 +402,66 @@ class RegionalModel(RegisteredModel):
             raise InputError(where, "was trained in stage 1 only, so its control pathway is untrained; train stage 2 "
                                     "from it first: neuralmorph train regional --init MODEL --model.stage 2 ...")
 
+    def edit_support(self, regions, blend_rings: int = BLEND_RINGS) -> torch.Tensor:
+        """(N,) bool: the vertices an edit of `regions` (names) may move — every vertex with a soft weight
+        > 0 in one of them (the regions, including the overlap where soft weights fall from 1 to 0;
+        one-hot regions have none), grown by `blend_rings` rings of mesh edges: the blend band over which
+        `edit` fades the change to zero. blend_rings=0: the regions only."""
+        idx = torch.as_tensor([self._region_index(name) for name in regions], dtype=torch.int64, device=self.device)
+        region = (self.region_weights[:, idx] > 0).any(dim=1)
+        blend_rings = check_blend_rings(blend_rings)
+        if blend_rings == 0:
+            return region
+        grown = k_ring(vertex_adjacency(self.faces.cpu().numpy(), len(region)), region.cpu().numpy(), blend_rings)
+        return torch.as_tensor(grown, device=self.device)
+
     @torch.no_grad()
     def edit(self, vertices: torch.Tensor | np.ndarray, control: dict[str, torch.Tensor | np.ndarray],
-             latents: Latents | None = None) -> torch.Tensor:
-        """One head (N, 3) mm and control displacements name -> (C_r, 3) mm -> the edited head (N, 3) mm.
-        The head is encoded (or `latents` used as given) and decoded with the displacements."""
-        v = torch.as_tensor(np.asarray(vertices, np.float32) if not torch.is_tensor(vertices) else vertices,
-                            device=self.device, dtype=self.mean.dtype)
-        z = latents if latents is not None else self.encode(v[None])
-        ctl = {k: torch.as_tensor(np.asarray(d, np.float32) if not torch.is_tensor(d) else d,
-                                  device=self.device)[None] for k, d in control.items()}
-        return self.decode(z, ctl)[0]
+             latents: Latents | None = None, blend_rings: int = BLEND_RINGS) -> torch.Tensor:
+        """One head (N, 3) mm and control displacements name -> (C_r, 3) mm -> the edited head (N, 3)
+        float64 mm, on the CPU.
+
+        The edit is applied to the given head, never replaced by the model's reconstruction of it: the
+        head is encoded (or `latents` (1, K) used as given), its per-region decoder coefficients are
+        computed without and with the displacements, and only the edited regions' changes Δc_r are
+        decoded, blended by their soft weights through the model's own point-wise decoder:
+
+            edited_v = input_v + σ_v · B_v Σ_{r edited} w_vr Δc_r        (v with w_vr > 0 for an edited r)
+
+        Regions from `data synth`/`data ingest` are one-hot, so this change would stop dead at the region
+        border and leave a crease; it is therefore carried outwards over a blend band of `blend_rings`
+        rings of mesh edges around the edited regions, falling linearly to zero just beyond the band
+        (`blend_into_rings`). The movable vertices are
+        `edit_support(control, blend_rings)`: the edited regions (soft weight > 0, where soft weights
+        still scale the change) plus the band. Every other vertex is returned with its input
+        coordinates, bit for bit. blend_rings=0: the regions only, no band. With 'local' decoder
+        attention the other regions' coefficients do not change anyway; with 'full' attention their
+        learned leakage is discarded. Empty `control`: the input head itself."""
+        v = (vertices.detach().to("cpu", torch.float64) if torch.is_tensor(vertices)
+             else torch.as_tensor(np.array(vertices, np.float64)))
+        if v.ndim != 2 or v.shape != self.mean.shape:
+            raise InputError("vertices", f"expected shape ({self.mean.shape[0]}, 3), got {tuple(v.shape)}")
+        blend_rings = check_blend_rings(blend_rings)
+        if not control:
+            return v.clone()
+        z = latents["global"] if latents is not None else self.encode(v[None].to(self.device, self.mean.dtype))["global"]
+        ctl = {k: torch.as_tensor(d, dtype=self.mean.dtype, device=self.device)[None] for k, d in control.items()}
+        tokens = self.control_tokens(ctl, len(z))    # validates names, shapes and values first
+        base = self._coefficients(self._decode_tokens(z, None)[-1])
+        moved = self._coefficients(self._decode_tokens(z, tokens)[-1])
+        edited = torch.zeros(self.n_regions, dtype=torch.bool, device=self.device)
+        edited[[self._region_index(k) for k in ctl]] = True
+        delta_c = torch.where(edited[None, :, None], moved - base, torch.zeros_like(base))
+        delta = (self.scale * self._offsets(delta_c))[0].to("cpu", torch.float64)
+        region = self.edit_support(ctl, blend_rings=0).cpu().numpy()
+        blended, support = blend_into_rings(delta.numpy(), region, self.faces.cpu().numpy(), blend_rings)
+        return torch.where(torch.as_tensor(support)[:, None], v + torch.as_tensor(blended), v)
 
     def sample_control(self, region: str, n: int = 1, temperature: float = 1.0, seed: int = 0) -> torch.Tensor:
-        """(n, C_r, 3) mm draws from the region's control-displacement Gaussian (deterministic by seed)."""
+        """(n, C_r, 3) mm draws from the region's control-displacement Gaussian (deterministic by seed);
+        temperature scales the spread (0: the mean)."""
+        if not (math.isfinite(temperature) and temperature >= 0):
+            raise InputError("temperature", f"must be a finite number >= 0, got {temperature}")
         r = self._region_index(region)
         if str(r) not in self.control_prior:
             raise InputError("region", f"region {region!r} has no control vertices")
@@ -404,10 +470,12 @@ class RegionalModel(RegisteredModel):
 
     @torch.no_grad()
     def resample_region(self, vertices: torch.Tensor | np.ndarray, region: str, seed: int = 0,
-                        temperature: float = 1.0) -> torch.Tensor:
-        """A head (N, 3) mm with one region redrawn from its region-swap prior (other regions kept)."""
+                        temperature: float = 1.0, blend_rings: int = BLEND_RINGS) -> torch.Tensor:
+        """A head (N, 3) mm with one region redrawn: `edit` with control displacements drawn from the
+        region's region-swap prior (`sample_control`), so only the region and its blend band
+        (`blend_rings` rings of mesh edges) move."""
         delta = self.sample_control(region, 1, temperature, seed)[0]
-        return self.edit(vertices, {region: delta})
+        return self.edit(vertices, {region: delta}, blend_rings=blend_rings)
 
     projection = "encode, then refine the latents"
 

@@ -66,7 +66,7 @@ def fit_control_prior(model: RegionalModel, dataset: HeadDataset, split: str = "
     the heads `1..shifts` places after it in a seeded shuffle). Returns region -> swaps used."""
     data = RegionalTrainData(dataset, split).vertices.numpy()
     if len(data) < 2:
-        raise InputError("dataset", "region-swap priors need at least 2 training heads")
+        raise InputError(dataset.where, "region-swap priors need at least 2 training heads")
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(data))
     pairs = np.concatenate([np.stack([order, np.roll(order, -k)], 1) for k in range(1, min(shifts, len(data) - 1) + 1)])
@@ -77,7 +77,7 @@ def fit_control_prior(model: RegionalModel, dataset: HeadDataset, split: str = "
     for name, d in deltas.items():
         prior = model.control_prior[str(model.region_names.index(name))]
         if len(d) < 2:
-            raise InputError("dataset", f"region {name!r}: fewer than 2 usable region swaps")
+            raise InputError(dataset.where, f"region {name!r}: fewer than 2 usable region swaps")
         prior.fit(torch.as_tensor(d.reshape(len(d), -1)), jitter=jitter_mm2)
         used[name] = len(d)
     return used

@@ -1,4 +1,5 @@
-"""Regions of a registered topology: automatic segmentation, soft weights, boundary rings, control vertices.
+"""Regions of a registered topology: automatic segmentation, soft weights, boundary rings, control vertices,
+and the blend band over which a regional edit fades out.
 
 Regions are data (vertex weights (N, R) float32, rows summing to one); these functions make and check
 them for the regional family.
@@ -11,6 +12,14 @@ import numpy as np
 from neuralmorph.errors import InputError
 from neuralmorph.geometry.adjacency import k_ring, vertex_adjacency
 from neuralmorph.geometry.sampling import farthest_point_sampling
+
+BLEND_RINGS = 3
+"""Default width, in graph rings (mesh edges), of the band around an edited region over which a regional
+edit fades to zero (`blend_into_rings`). Measured with `neuralmorph edit` on a `data synth` head (one-hot
+regions) and a tiny stage-2 model, moving the nose 10 mm: the largest change of displacement along a mesh
+edge across the nose border is 2.87 mm with 0 rings (the whole border displacement: a crease), 1.00 mm
+with 2, 0.76 mm with 3 and 0.62 mm with 4 (about 1/(K+1) of it); 3 rings let 218 vertices beyond the
+nose's 341 move, and wider bands smooth little more while moving ever more of the neighbouring regions."""
 
 
 def segment_template(vertices: np.ndarray, n_regions: int, iterations: int = 20) -> np.ndarray:
@@ -53,6 +62,56 @@ def soften_weights(weights: np.ndarray, faces: np.ndarray, hops: int) -> np.ndar
     for _ in range(hops):
         w = (a @ w) / deg[:, None]
     return (w / w.sum(1, keepdims=True)).astype(np.float32)
+
+
+def check_blend_rings(rings, where: str = "blend_rings") -> int:
+    """`rings` as an int, or InputError (naming `where`) unless it is a whole number >= 0."""
+    if isinstance(rings, bool) or not isinstance(rings, (int, np.integer)) or rings < 0:
+        raise InputError(where, f"must be a whole number >= 0, got {rings!r}")
+    return int(rings)
+
+
+def blend_into_rings(displacement: np.ndarray, region: np.ndarray, faces: np.ndarray,
+                     rings: int) -> tuple[np.ndarray, np.ndarray]:
+    """Continue a displacement field given on `region` over `rings` graph rings around it, fading to zero.
+
+    displacement: (N, 3) float (only its rows in `region` are used); region: (N,) bool; faces: (F, 3)
+    int; rings >= 0. Returns (the blended (N, 3) float64 displacement, the (N,) bool support: `region`
+    grown by `rings` rings of mesh edges). Inside `region` the displacement is kept as given. Ring by
+    ring outwards, each vertex j edges from the region carries the mean of the carried displacements
+    of its neighbours one ring closer (so the border's displacement is extended outwards, smoothly
+    along the ring), scaled by the linear falloff 1 - j / (rings + 1); beyond the last ring it is
+    exactly 0. The change thus falls from the border's value to zero in rings + 1 even steps instead of
+    stopping dead at the border (the crease an edit of a one-hot region would otherwise leave).
+
+    Why this profile: on a `data synth` head with a 10 mm nose edit (3 rings) it gave the smallest
+    maximum step between neighbouring vertices (0.27 of the border's displacement) and the smallest
+    maximum Laplacian of the displacement, against a harmonic fill (0.47: the 2-D harmonic function
+    falls fastest right next to the region), a biharmonic fill (0.40) and cosine or smoothstep falloffs
+    (0.34-0.35, steeper mid-band).
+    """
+    rings = check_blend_rings(rings)
+    d = np.asarray(displacement, np.float64)
+    region = np.asarray(region, bool)
+    if d.ndim != 2 or d.shape[1] != 3 or region.shape != (len(d),):
+        raise InputError("displacement", f"expected (N, 3) displacements and an (N,) region mask, got "
+                                         f"{d.shape} and {region.shape}")
+    out = np.where(region[:, None], d, 0.0)
+    if rings == 0 or not region.any():
+        return out, region.copy()
+    a = vertex_adjacency(faces, len(d))
+    carried, reached = out.copy(), region.copy()
+    for j in range(1, rings + 1):
+        ring = np.flatnonzero(k_ring(a, reached, 1) & ~reached)
+        if len(ring) == 0:      # the region's connected part of the mesh is covered
+            break
+        # a vertex first reached at ring j has neighbours in ring j - 1 and none closer, so its reached
+        # neighbours are exactly the ones one ring closer
+        inner = a[ring][:, np.flatnonzero(reached)]
+        carried[ring] = (inner @ carried[reached]) / np.asarray(inner.sum(1))
+        out[ring] = (1.0 - j / (rings + 1)) * carried[ring]
+        reached[ring] = True
+    return out, reached
 
 
 def check_region_weights(weights: np.ndarray, n: int, where: str = "regions") -> np.ndarray:
