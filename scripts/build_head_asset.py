@@ -22,6 +22,9 @@ What is derived, and how (the runtime side is documented in ``neuralmorph.data.h
 * **Skinning**: jaw weights (jaw bone + descendants) and head weights for neck bending from
   ``weights.default.json``; pivots from the rig's joint definitions (cube helpers / vertex means),
   plus per-pivot affine regressors on nearby vertices so pivots follow any identity.
+* **UV layout**: the texture coordinates of every triangle corner (``face_uvs``, (F,3,2) float32,
+  lossless), taken from base.obj's ``f v/vt`` records and split with the quads, so a MakeHuman skin
+  texture (or ``neuralmorph.data.appearance``'s) maps onto the head unchanged.
 * **Landmarks** (68, iBUG order), **regions** (hard partition), **mirror ids**: computed here from
   the anatomy (eyelid and lip folds, lip and nose target supports, skinning, geometry).
 """
@@ -100,6 +103,19 @@ class Wheel:
         quads = np.asarray(quads, np.int64)
         assert quads.shape[1] == 4, "hm08 body is all quads"
         return np.asarray(verts, np.float64), quads
+
+    def obj_uvs(self):
+        """base.obj's texture coordinates -> vt (T,2) float64 (u right, v up, MakeHuman's skin atlas) and
+        the vt ids of each body quad's corners (Q,4), in the order and corner order of ``obj``'s quads."""
+        uvs, quad_uvs, group = [], [], None
+        for line in self.text(MPFB + "3dobjs/base.obj").splitlines():
+            if line.startswith("vt "):
+                uvs.append([float(x) for x in line.split()[1:3]])
+            elif line.startswith("g "):
+                group = line.split()[1]
+            elif line.startswith("f ") and group == "body":
+                quad_uvs.append([int(t.split("/")[1]) - 1 for t in line.split()[1:]])
+        return np.asarray(uvs, np.float64), np.asarray(quad_uvs, np.int64)
 
     def target(self, name: str, n_verts: int) -> np.ndarray:
         """A ``.target(.gz)`` file (``index dx dy dz`` rows, decimetres) -> dense (V,3) mm."""
@@ -328,6 +344,16 @@ def build(wheel_path: Path) -> dict:
     remap = -np.ones(nV, np.int64)
     remap[used] = np.arange(len(used))
     faces = remap[tris_src]
+    # per-corner texture coordinates, split exactly like the quads: corner k of triangle t is vertex faces[t, k]
+    vt, quad_uvs = wh.obj_uvs()
+    assert quad_uvs.shape == quads.shape
+    q_uv = quad_uvs[keep]
+    tri_uv = np.concatenate([q_uv[:, [0, 1, 2]], q_uv[:, [0, 2, 3]]])
+    tri_uv = tri_uv.reshape(2, -1, 3).transpose(1, 0, 2).reshape(-1, 3)
+    face_uvs = vt[tri_uv]  # (F,3,2)
+    # float32 is lossless here: every source value has at most 6 decimals and reads back exactly
+    assert np.array_equal(np.round(face_uvs.astype(np.float32).astype(np.float64), 6), face_uvs)
+    assert face_uvs.min() >= 0 and face_uvs.max() <= 1
     V = Vdm[used] * DM_TO_MM
     N = len(V)
     # Signed volume of the (neck-open) surface: positive means outward winding.
@@ -533,6 +559,7 @@ def build(wheel_path: Path) -> dict:
     arrays = {
         "vertices": V.astype(np.float32),
         "faces": faces.astype(np.int32),
+        "face_uvs": face_uvs.astype(np.float32),
         "source_vertex_ids": used.astype(np.int32),
         "delta_step_mm": np.float32(DELTA_STEP_MM),
         "macro_names": np.array(macro_names),

@@ -8,7 +8,8 @@ import from here.
 
 from __future__ import annotations
 
-from neuralmorph.commands.bench import ExtractionBenchConfig, FidelityConfig, run_extraction_bench, run_fidelity
+from neuralmorph.commands.bench import (ExtractionBenchConfig, FidelityConfig, RasterizerBenchConfig,
+                                       run_extraction_bench, run_fidelity, run_rasterizer_bench)
 from neuralmorph.commands.data import (FetchConfig, InfoConfig, IngestConfig, SynthConfig, run_fetch, run_info,
                                       run_ingest, run_synth)
 from neuralmorph.commands.demo import DemoConfig, run_demo
@@ -46,10 +47,11 @@ COMMANDS: dict[str, object] = {
     "bench": {
         "fidelity": (FidelityConfig, run_fidelity),
         "extraction": (ExtractionBenchConfig, run_extraction_bench),
+        "rasterizer": (RasterizerBenchConfig, run_rasterizer_bench),
     },
     "demo": (DemoConfig, run_demo),
 }
 
 GROUP_HELP = {"data": "Make, import and inspect datasets.", "train": "Train a model of one family on a dataset.",
-              "bench": "Measure families side by side."}
+              "bench": "Measure families side by side, and the Gaussian rasterizer."}
 """Help line of each verb group."""

@@ -1,9 +1,10 @@
-"""`neuralmorph bench fidelity | extraction`: measure families side by side, and what implicit mesh
-extraction saves.
+"""`neuralmorph bench fidelity | extraction | rasterizer`: measure families side by side, what implicit mesh
+extraction saves, and the fast Gaussian rasterizer against its reference.
 
-`FidelityConfig` and `ExtractionBenchConfig` are the library functions' own inputs
-(`evaluation.fidelity.bench_fidelity`, `evaluation.extraction_bench.bench_extraction`); those run the
-benchmark, write the JSON and return the results; the runners here print the tables.
+`FidelityConfig`, `ExtractionBenchConfig` and `RasterizerBenchConfig` are the library functions' own inputs
+(`evaluation.fidelity.bench_fidelity`, `evaluation.extraction_bench.bench_extraction`,
+`evaluation.rasterizer_bench.bench_rasterizer`); those run the benchmark, write the JSON and return the
+results; the runners here print the tables.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from neuralmorph.evaluation.extraction_bench import AIMS, ExtractionBenchConfig, bench_extraction
 from neuralmorph.evaluation.fidelity import FidelityConfig, bench_fidelity
+from neuralmorph.evaluation.rasterizer_bench import RasterizerBenchConfig, bench_rasterizer
 
 FIDELITY_COLUMNS = ("vertex_error_mm", "face/vertex_error_mm", "chamfer_l1_mm", "fscore@1mm", "chamfer_l1_mm_face",
                     "fscore@1mm_face")
@@ -43,5 +45,18 @@ def run_extraction_bench(cfg: ExtractionBenchConfig) -> dict:
     for name, value, sense in lines:
         shown = "n/a" if value is None else f"{value:.4g}"
         print(f"{name:22s}{shown:>12s}   aim {sense} {AIMS[name]:g}")
+    print(f"-> {cfg.out}")
+    return r
+
+
+def run_rasterizer_bench(cfg: RasterizerBenchConfig) -> dict:
+    """`neuralmorph bench rasterizer`: time the fast Gaussian rasterizer against the reference, print one row
+    per case, return the results."""
+    r = bench_rasterizer(cfg)
+    cols = ("fast_fwd_s", "fast_fwd_bwd_s", "reference_fwd_s", "reference_fwd_bwd_s", "speedup",
+            "max_image_abs_diff", "max_grad_rel_diff")
+    print(f"{'case':14s}" + "".join(f"{k:>21s}" for k in cols))
+    for name, row in r["cases"].items():
+        print(f"{name:14s}" + "".join(f"{row[k]:21.3g}" for k in cols))
     print(f"-> {cfg.out}")
     return r

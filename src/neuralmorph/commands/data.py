@@ -20,7 +20,7 @@ from neuralmorph.errors import InputError
 
 @dataclass(frozen=True)
 class InfoConfig:
-    """Summarise a dataset folder: heads, subjects, splits, topology, regions."""
+    """Summarise a dataset folder: heads, subjects, splits, topology, regions, posed images."""
 
     data: Path
     """Dataset folder."""
@@ -49,7 +49,9 @@ def run_ingest(cfg: IngestConfig) -> None:
     from neuralmorph.data.ingest import ingest
 
     ds = ingest(cfg)
-    print(f"ingested {len(ds.heads)} {cfg.kind} heads into {cfg.out}")
+    parts = ([f"{len(ds.heads)} {cfg.kind} heads"] if ds.heads else []) + (
+        [f"{len(ds.images)} posed images ({sum(f.mask is not None for f in ds.images)} with masks)"] if ds.images else [])
+    print(f"ingested {' and '.join(parts)} into {cfg.out}")
 
 
 def run_info(cfg: InfoConfig) -> None:
@@ -60,7 +62,10 @@ def run_info(cfg: InfoConfig) -> None:
     # splits are by identity, so each split is shown as heads / subjects
     splits = ", ".join(f"{s} {sum(h.split == s for h in ds.heads)} / {len({h.subject for h in ds.heads if h.split == s})}"
                        for s in SPLITS)
-    print(f"{cfg.data}: {len(ds.heads)} heads of {len(subjects)} subjects; splits (heads / subjects): {splits}")
+    if ds.heads:
+        print(f"{cfg.data}: {len(ds.heads)} heads of {len(subjects)} subjects; splits (heads / subjects): {splits}")
+    else:
+        print(f"{cfg.data}: no heads (posed images only)")
     if ds.vertices is not None:
         print(f"  registered: {len(ds.vertices)} meshes, {ds.n_vertices} vertices, {len(ds.faces)} triangles, "
               f"{len(ds.landmark_ids)} landmarks, frame {ds.frame.mm_per_unit:.1f} mm/unit")
@@ -69,6 +74,21 @@ def run_info(cfg: InfoConfig) -> None:
     n_scans = sum(bool(h.scan) for h in ds.heads)
     if n_scans:
         print(f"  raw scans: {n_scans}")
+    if ds.images:
+        _print_images(ds.images)
+
+
+def _print_images(frames) -> None:
+    """`data info`'s lines about posed images: count, masks, sizes, cameras per subject, linked heads."""
+    from collections import Counter
+
+    sizes = Counter(f"{f.camera.width}x{f.camera.height}" for f in frames)
+    per_subject = Counter(f.subject or "(unlabelled)" for f in frames)
+    masks = sum(f.mask is not None for f in frames)
+    linked = sum(f.registered >= 0 for f in frames)
+    print(f"  images: {len(frames)} of {len(per_subject)} subjects, {masks} with masks, {linked} linked to a "
+          f"registered head; sizes: " + ", ".join(f"{s} ({n})" for s, n in sorted(sizes.items())))
+    print("  cameras per subject: " + ", ".join(f"{s} {n}" for s, n in sorted(per_subject.items())))
 
 
 def run_fetch(cfg: FetchConfig) -> list[Path]:

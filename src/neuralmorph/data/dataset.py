@@ -12,8 +12,11 @@ A dataset is a folder:
     DIR/manifest.csv        one row per head: index, subject, expression, split, registered, scan
         registered: row in `vertices` or -1; scan: path of the raw scan relative to DIR, or empty
     DIR/scans/*.ply         raw scans (own topology each, millimetres), when there are any
+    DIR/transforms.json     posed images (nerfstudio layout, cameras in mm; `neuralmorph.data.images`),
+    DIR/images/*            their image and mask files, when there are any
 
-Vertex positions are millimetres on disk; the canonical frame says how models see them.
+Vertex positions and camera positions are millimetres on disk, in one frame; the canonical frame says how
+models see them. A dataset holds heads, images or both: one of images only has no manifest.csv.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from neuralmorph.data.images import TRANSFORMS_FILE, ImageFrame, read_transforms, write_transforms
 from neuralmorph.errors import InputError
 from neuralmorph.frame import Frame
 from neuralmorph.geometry.mesh import MAX_COORDINATE_MM
@@ -59,6 +63,8 @@ class HeadDataset:
     region_weights: np.ndarray | None = None        # (N, R) float32, rows sum to 1
     frame: Frame = field(default_factory=Frame)
     extras: dict[str, np.ndarray] = field(default_factory=dict)  # generator-specific arrays, saved as-is
+    images: list[ImageFrame] = field(default_factory=list)  # posed images (transforms.json), paths relative
+                                                            # to the folder; empty when there are none
     folder: Path | None = field(default=None, compare=False)  # where it was loaded from or saved to: raw
                                                               # scan paths are relative to it
 
@@ -104,8 +110,9 @@ class HeadDataset:
 
     def validate(self, where: str = "dataset") -> None:
         """Raise InputError naming `where` if the arrays and labels do not fit together."""
-        if not self.heads:
+        if not self.heads and not self.images:
             raise InputError(where, "holds no heads")
+        self._validate_images(where)
         for h in self.heads:
             if h.split not in SPLITS:
                 raise InputError(where, f"head {h.subject}/{h.expression} has unknown split {h.split!r} (use {', '.join(SPLITS)})")
@@ -151,10 +158,30 @@ class HeadDataset:
             if len(off):
                 raise InputError(where, f"region weights must sum to 1 per vertex; {len(off)} vertices (first {off[0]}) do not")
 
+    def _validate_images(self, where: str) -> None:
+        """Image frames must stay inside the folder and point at registered heads of their own labels."""
+        rows = {h.registered: h for h in self.heads if h.registered >= 0}
+        for i, f in enumerate(self.images):
+            if not isinstance(f, ImageFrame):
+                raise InputError(where, f"image {i} is a {type(f).__name__}, not an ImageFrame")
+            for p in (f.image, f.mask):
+                if p is not None and (Path(p).is_absolute() or ".." in Path(p).parts):
+                    raise InputError(where, f"image {i}: path {p!r} must be relative to the dataset folder, "
+                                            "inside it")
+            if f.registered >= 0:
+                head = rows.get(f.registered)
+                if head is None:
+                    raise InputError(where, f"image {i} ({f.image}) refers to registered head {f.registered}, "
+                                            f"which the manifest does not list")
+                if (head.subject, head.expression) != (f.subject, f.expression):
+                    raise InputError(where, f"image {i} ({f.image}) is labelled {f.subject}/{f.expression} but its "
+                                            f"registered head {f.registered} is {head.subject}/{head.expression}")
+
     # --- files ------------------------------------------------------------------------------------
 
     def save(self, folder: str | Path) -> None:
-        """Write heads.safetensors and manifest.csv into `folder` (scans are written by their producer)."""
+        """Write heads.safetensors, manifest.csv (when there are heads) and transforms.json (when there are
+        images) into `folder`. Scans and image files are written by their producer."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.folder = folder
@@ -168,11 +195,14 @@ class HeadDataset:
             }
             meta = {"format": FORMAT, "units": "mm", "frame": self.frame.as_dict(), "region_names": list(self.region_names)}
             save_arrays(folder / HEADS_FILE, arrays, meta)
-        with open(folder / MANIFEST_FILE, "w", newline="") as fh:
-            writer = csv.writer(fh, lineterminator="\n")
-            writer.writerow(MANIFEST_COLUMNS)
-            for i, h in enumerate(self.heads):
-                writer.writerow([i, h.subject, h.expression, h.split, h.registered, h.scan])
+        if self.heads:
+            with open(folder / MANIFEST_FILE, "w", newline="") as fh:
+                writer = csv.writer(fh, lineterminator="\n")
+                writer.writerow(MANIFEST_COLUMNS)
+                for i, h in enumerate(self.heads):
+                    writer.writerow([i, h.subject, h.expression, h.split, h.registered, h.scan])
+        if self.images:
+            write_transforms(folder, self.images)
 
     @classmethod
     def load(cls, folder: str | Path) -> "HeadDataset":
@@ -181,12 +211,14 @@ class HeadDataset:
         manifest = folder / MANIFEST_FILE
         if not folder.is_dir():
             raise InputError(folder, "dataset folder not found")
-        if not manifest.is_file():
+        transforms = folder / TRANSFORMS_FILE
+        if not manifest.is_file() and not transforms.is_file():
             raise InputError(manifest, "dataset manifest not found (is this a neuralmorph dataset folder?)")
-        heads = _read_manifest(manifest)
+        heads = _read_manifest(manifest) if manifest.is_file() else []
+        images = read_transforms(transforms) if transforms.is_file() else []
         heads_file = folder / HEADS_FILE
         if not heads_file.is_file():
-            return cls(heads, folder=folder)
+            return cls(heads, images=images, folder=folder)
         arrays, meta = load_arrays(heads_file)
         if meta.get("format") != FORMAT:
             raise InputError(heads_file, f"not a {FORMAT} file (format {meta.get('format')!r})")
@@ -203,6 +235,7 @@ class HeadDataset:
             region_weights=arrays.get("region_weights"),
             frame=_frame(meta, heads_file),
             extras={k: v for k, v in arrays.items() if k not in known},
+            images=images,
             folder=folder,
         )
         ds.validate(str(folder))

@@ -15,6 +15,13 @@ Mesh
     maps each vertex to its index in base.obj. The eyelids and lips fold into closed pockets (eye
     sockets, mouth), so the only open boundary is the neck cut.
 
+UV layout
+    ``face_uvs`` (F,3,2): base.obj's texture coordinates per triangle corner, unchanged (MakeHuman's
+    whole-body skin atlas, so the head covers about a third of the unit square: the scalp and face as
+    one island with the face turned sideways, the ears, the front of the neck and the mouth's inside as
+    separate islands). A vertex on a seam has one coordinate per island, hence per corner rather than
+    per vertex. Any MakeHuman skin texture fits it; ``neuralmorph.data.appearance`` paints new ones.
+
 Identity = template + macro targets + local modifiers
     *Macro targets* (96): 24 race-gender-age shapes (african/asian/caucasian x female/male x
     baby/child/young/old) and 72 universal gender-age-muscle-weight shapes. Each factor has piecewise
@@ -148,6 +155,9 @@ class HeadModel:
         jaw_weights, head_weights: (N,) float32 skinning weights in [0, 1].
         jaw_pivot, neck_pivot: (3,) float32 template pivots, mm.
         source_vertex_ids: (N,) int64 vertex index in MakeHuman's base.obj.
+        face_uvs: (F,3,2) float32 texture coordinates of each triangle corner (u right, v up, in
+            [0, 1]; corner k of triangle t belongs to vertex faces[t, k]), MakeHuman's skin atlas
+            layout; None for an asset built before they were stored.
     """
 
     def __init__(self, data: dict[str, np.ndarray]):
@@ -159,6 +169,7 @@ class HeadModel:
         self.vertices = ro(data["vertices"].astype(np.float32))
         self.faces = ro(data["faces"].astype(np.int64))
         self.source_vertex_ids = ro(data["source_vertex_ids"].astype(np.int64))
+        self.face_uvs = ro(data["face_uvs"].astype(np.float32)) if "face_uvs" in data else None
         self.landmark_ids = ro(data["landmark_ids"].astype(np.int64))
         self.region_names = tuple(str(s) for s in data["region_names"])
         self.region_labels = ro(data["region_labels"].astype(np.int64))

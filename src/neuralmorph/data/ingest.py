@@ -1,8 +1,14 @@
-"""Bring your own heads: a folder of meshes plus a manifest becomes a neuralmorph dataset.
+"""Bring your own heads: a folder of meshes plus a manifest, and/or posed images, become a neuralmorph dataset.
 
 The manifest is CSV (header `path,subject,expression[,split]`) or YAML (a list of mappings with those
 keys, or `{heads: [...]}`); paths are relative to the manifest's folder. Registered meshes must share
 one topology (as LAMM's and NPHM's registrations do); raw scans may each have their own.
+
+Posed images come as a nerfstudio transforms.json (`--transforms`, read by `neuralmorph.data.images`):
+the images and masks are copied into the dataset's images/ folder, the cameras converted to millimetres
+(`--units` when the file does not say). With a manifest too, the cameras must be in the meshes' frame;
+each image is linked to the registered head of its subject and expression. Without one the dataset
+holds images only (no manifest.csv).
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +28,7 @@ from tqdm import tqdm
 
 from neuralmorph.atomic import atomic_dir, check_output_dir
 from neuralmorph.data.dataset import SPLITS, Head, HeadDataset
+from neuralmorph.data.images import IMAGES_DIR, ImageFrame, read_transforms
 from neuralmorph.errors import InputError
 from neuralmorph.frame import Frame, umeyama
 from neuralmorph.geometry.mesh import Mesh, degeneracy, load_mesh, save_mesh
@@ -29,18 +37,25 @@ from neuralmorph.outputs import Verb, check_apart
 
 @dataclass(frozen=True)
 class IngestConfig(Verb):
-    """Turn a folder of .obj/.ply/.off/.stl meshes and a manifest into a dataset."""
+    """Turn a folder of .obj/.ply/.off/.stl meshes and a manifest, and/or posed images, into a dataset."""
 
     out_kind = "dataset"
 
-    manifest: Path
-    """CSV or YAML listing path, subject, expression and optionally split for every mesh."""
     out: Path
     """Output dataset folder (replaced atomically when the run succeeds)."""
+    manifest: Path | None = None
+    """CSV or YAML listing path, subject, expression and optionally split for every mesh."""
+    transforms: Path | None = None
+    """Posed images: a nerfstudio transforms.json (or its folder); images and masks are copied into the dataset."""
+    subject: str | None = None
+    """--transforms only: the subject of frames without a "subject" key."""
+    expression: str | None = None
+    """--transforms only: the expression of frames without an "expression" key (unset: left empty, unknown)."""
     kind: Literal["registered", "scans"] = "registered"
     """registered: meshes in correspondence (one topology); scans: raw scans, any topology."""
-    units: Literal["mm", "cm", "dm", "m"] = "mm"
-    """Units of the mesh files; the dataset stores millimetres."""
+    units: Literal["mm", "cm", "dm", "m"] | None = None
+    """Units of the mesh files and of the camera positions in --transforms; the dataset stores millimetres.
+    Unset: mm for meshes, and the transforms.json must say (a top-level "units" key)."""
     align: Literal["none", "rigid"] = "none"
     """registered only: rigidly align all meshes to their mean shape (generalised Procrustes)."""
     landmarks: Path | None = None
@@ -179,19 +194,31 @@ def _splits(rows: list[ManifestRow], fraction: float, seed: int) -> list[str]:
 
 
 def ingest(config: IngestConfig, progress: bool = True) -> HeadDataset:
-    """Validate every mesh in the manifest and write the dataset to `config.out`; returns it."""
+    """Validate every mesh in the manifest and every posed image, and write the dataset to `config.out`;
+    returns it."""
     check_output_dir(config.out, "dataset", config.overwrite)  # before any work: never over a folder of the user's
+    if config.manifest is None and config.transforms is None:
+        raise InputError("--manifest", "give --manifest (meshes), --transforms (posed images) or both")
+    if config.transforms is None and (config.subject is not None or config.expression is not None):
+        raise InputError("--subject" if config.subject is not None else "--expression",
+                         "labels images: use it with --transforms")
+    if config.transforms is not None and config.manifest is not None and config.align == "rigid":
+        raise InputError("--align", "rigid alignment would move the meshes away from the cameras of --transforms; "
+                                    "align them before ingesting")
+    images = _read_images(config) if config.transforms is not None else None
+    if config.manifest is None:
+        return _ingest_images_only(config, images, progress)
     rows = read_manifest(config.manifest)
     # the meshes the manifest lists are inputs too: never write the dataset over or around them
     check_apart(config.outputs(), [(f"{config.manifest} row {i + 1}", r.path) for i, r in enumerate(rows)])
     splits = _splits(rows, config.test_fraction, config.seed)
     if config.kind == "scans":
-        return _ingest_scans(config, rows, splits, progress)
+        return _ingest_scans(config, rows, splits, progress, images)
 
     first = None
     verts = []
     for row in tqdm(rows, desc="ingest", unit="mesh", disable=not progress):
-        mesh = _load_surface(row.path, config.units)
+        mesh = _load_surface(row.path, config.units or "mm")
         if first is None:
             first = (row.path, mesh)
         elif len(mesh.vertices) != len(first[1].vertices):
@@ -207,9 +234,11 @@ def ingest(config: IngestConfig, progress: bool = True) -> HeadDataset:
     landmark_ids = read_vertex_ids(config.landmarks, n) if config.landmarks else np.zeros(0, np.int64)
     region_names, region_weights = read_regions(config.regions, n) if config.regions else ((), None)
     heads = [Head(r.subject, r.expression, s, i) for i, (r, s) in enumerate(zip(rows, splits))]
+    copies, frames = _plan_images(images, heads)
     dataset = HeadDataset(heads, vertices.astype(np.float32), first[1].faces, landmark_ids, region_names,
-                          region_weights, Frame.fit(vertices.mean(axis=0)))
+                          region_weights, Frame.fit(vertices.mean(axis=0)), images=frames)
     with atomic_dir(config.out, "dataset", config.overwrite) as tmp:
+        _copy_images(tmp, copies, progress)
         dataset.save(tmp)
     dataset.folder = Path(config.out)  # saved in a temporary sibling, renamed into place
     return dataset
@@ -231,11 +260,12 @@ def _safe_name(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", label)
 
 
-def _ingest_scans(config: IngestConfig, rows: list[ManifestRow], splits: list[str], progress: bool) -> HeadDataset:
+def _ingest_scans(config: IngestConfig, rows: list[ManifestRow], splits: list[str], progress: bool,
+                  images: tuple[Path, list[ImageFrame]] | None = None) -> HeadDataset:
     heads, taken = [], set()
     with atomic_dir(config.out, "dataset", config.overwrite) as tmp:
         for row, split in tqdm(list(zip(rows, splits)), desc="ingest", unit="scan", disable=not progress):
-            mesh = _load_surface(row.path, config.units)
+            mesh = _load_surface(row.path, config.units or "mm")
             stem = f"{_safe_name(row.subject)}_{_safe_name(row.expression)}"
             # labels that differ only in characters a file name cannot hold (a/b, a_b) get numbered names
             rel = next(f"scans/{stem}{suffix}.ply" for suffix in [""] + [f"-{k}" for k in range(2, len(rows) + 2)]
@@ -243,7 +273,82 @@ def _ingest_scans(config: IngestConfig, rows: list[ManifestRow], splits: list[st
             taken.add(rel.lower())
             save_mesh(tmp / rel, mesh)
             heads.append(Head(row.subject, row.expression, split, -1, rel))
-        dataset = HeadDataset(heads)
+        copies, frames = _plan_images(images, heads)
+        dataset = HeadDataset(heads, images=frames)
+        _copy_images(tmp, copies, progress)
+        dataset.save(tmp)
+    dataset.folder = Path(config.out)  # saved in a temporary sibling, renamed into place
+    return dataset
+
+
+# --- posed images -----------------------------------------------------------------------------------
+
+
+def _read_images(config: IngestConfig) -> tuple[Path, list[ImageFrame]]:
+    """The frames of --transforms (every file checked), labelled, and the folder their paths are relative
+    to; refused when the output would go over or around one of their files."""
+    path = Path(config.transforms)
+    frames = read_transforms(path, units=config.units)
+    folder = (path if path.is_dir() else path.parent)
+    labelled = []
+    for i, f in enumerate(frames):
+        subject = f.subject or (config.subject or "").strip()
+        if not subject:
+            raise InputError(path, f"frames[{i}] ({f.image}) has no subject: add a \"subject\" key or pass --subject")
+        expression = f.expression or (config.expression or "").strip()
+        labelled.append(ImageFrame(f.image, f.camera, subject, expression, -1, f.mask))
+    files = [(f"{path} frames[{i}]", folder / p) for i, f in enumerate(labelled)
+             for p in (f.image, f.mask) if p is not None]
+    check_apart(config.outputs(), files + [("--transforms", path)])
+    return folder, labelled
+
+
+def _plan_images(images: tuple[Path, list[ImageFrame]] | None, heads: list[Head]
+                 ) -> tuple[list[tuple[Path, str]], list[ImageFrame]]:
+    """Where each image and mask goes in the dataset (images/NAME, names made unique ignoring case, a mask
+    named after its image) and the dataset's frames: paths rewritten, each linked to the registered head
+    of its subject and expression (a "registered" key of the source file indexes another dataset)."""
+    if images is None:
+        return [], []
+    folder, frames = images
+    rows = {(h.subject, h.expression): h.registered for h in heads if h.registered >= 0}
+    taken: set[str] = set()
+
+    def unique(stem: str, suffix: str) -> str:
+        for k in range(len(frames) * 2 + 2):
+            rel = f"{IMAGES_DIR}/{stem}{'' if k == 0 else f'-{k + 1}'}{suffix}"
+            if rel.lower() not in taken:
+                taken.add(rel.lower())
+                return rel
+        raise AssertionError("unreachable: more names tried than files")
+
+    copies, out = [], []
+    for f in frames:
+        src = folder / f.image
+        image = unique(_safe_name(src.stem), src.suffix.lower())
+        copies.append((src, image))
+        mask = None
+        if f.mask is not None:
+            msrc = folder / f.mask
+            mask = unique(_safe_name(Path(image).stem) + ".mask", msrc.suffix.lower())
+            copies.append((msrc, mask))
+        out.append(ImageFrame(image, f.camera, f.subject, f.expression, rows.get((f.subject, f.expression), -1), mask))
+    return copies, out
+
+
+def _copy_images(tmp: Path, copies: list[tuple[Path, str]], progress: bool) -> None:
+    """Copy image and mask files byte for byte (never re-encoded) into the dataset being written."""
+    if copies:
+        (tmp / IMAGES_DIR).mkdir(exist_ok=True)
+    for src, rel in tqdm(copies, desc="images", unit="file", disable=not progress or not copies):
+        shutil.copyfile(src, tmp / rel)
+
+
+def _ingest_images_only(config: IngestConfig, images: tuple[Path, list[ImageFrame]], progress: bool) -> HeadDataset:
+    copies, frames = _plan_images(images, [])
+    dataset = HeadDataset([], images=frames)
+    with atomic_dir(config.out, "dataset", config.overwrite) as tmp:
+        _copy_images(tmp, copies, progress)
         dataset.save(tmp)
     dataset.folder = Path(config.out)  # saved in a temporary sibling, renamed into place
     return dataset

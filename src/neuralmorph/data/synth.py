@@ -7,12 +7,19 @@ weights; rotations make expressions non-linear in vertex space, as real faces ar
 each subject is neutral. Every subject draws from its own generator seeded by (seed, subject index), so
 a dataset is byte-identical for the same seed and growing `subjects` keeps the earlier subjects.
 Identities, never single heads, are split into train, val and test (`identity_splits`).
+
+With `images`, every head is also photographed: each identity gets an albedo texture
+(`data.appearance`, seeded by (seed, subject index, 1)), each head a light (seeded by (seed, subject
+index, expression index, 2), shared by its views, so the views of one head are consistent) and `views`
+random cameras around it; `data.textured_render` ray-casts the pictures, written as sRGB PNGs with
+coverage masks into images/, the cameras into transforms.json (`data.images`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from tqdm import tqdm
@@ -63,6 +70,16 @@ class SynthConfig(Verb):
     """Largest jaw opening of an expression."""
     max_neck_deg: float = 12.0
     """Largest neck rotation per axis of an expression."""
+    images: bool = False
+    """Also render posed images of every head (textured skin, lit) into images/ and transforms.json."""
+    views: int = 8
+    """Images per head (with --images): random views, yaw within +-90 degrees of the face, pitch within
+    +-20, the camera far enough that the whole head fits."""
+    image_size: int = 256
+    """Width and height of the images in pixels (with --images)."""
+    lighting: Literal["random", "studio"] = "random"
+    """Light of each head's images (with --images): random (drawn per head, shared by its views) or
+    studio (one fixed portrait set-up for every head)."""
 
     def __post_init__(self):
         if self.subjects < 1 or self.expressions < 1:
@@ -82,6 +99,13 @@ class SynthConfig(Verb):
                 raise InputError(flag, f"must be an angle in [0, 90] degrees (beyond it no head is left), got {deg}")
         if self.scans:
             ScanConfig(self.scan_resolution_mm, self.scan_noise_mm, self.scan_holes)  # its checks name the flags
+        if self.images:
+            if not 1 <= self.views <= 1000:
+                raise InputError("--views", f"must be in [1, 1000], got {self.views}")
+            if not 16 <= self.image_size <= 4096:
+                raise InputError("--image-size", f"must be in [16, 4096] pixels, got {self.image_size}")
+            if self.lighting not in ("random", "studio"):
+                raise InputError("--lighting", f"must be random or studio, got {self.lighting!r}")
 
 
 def identity_splits(subjects: int, test_fraction: float, val_fraction: float, seed: int) -> list[str]:
@@ -135,6 +159,58 @@ def sample_expression(model: HeadModel, rng: np.random.Generator, max_jaw_deg: f
     return units, jaw, neck
 
 
+IMAGE_SUPERSAMPLE = 2
+"""Rays per pixel side of `synthesize`'s images (2 x 2 per pixel, averaged)."""
+MAX_YAW_DEG, MAX_PITCH_DEG = 90.0, 20.0
+"""How far from the front `synthesize`'s cameras go: yaw about the vertical (profiles at +-90), pitch."""
+
+
+def subject_appearance(texturer, seed: int, subject: int, gender: float):
+    """The albedo texture and factors of synthetic subject `subject` (an `appearance.Appearance`): seeded by
+    (seed, subject, 1); stubble comes with probability 0.7 x gender (MakeHuman: 1 male), nothing else
+    depends on the shape."""
+    return texturer.generate([seed, subject, 1], stubble_probability=0.7 * gender)
+
+
+def head_images(vertices: np.ndarray, faces: np.ndarray, face_uvs: np.ndarray, texture: np.ndarray,
+                rng: np.random.Generator, views: int, size: int, lighting: str):
+    """Render one head (vertices (N, 3) mm) from `views` random cameras drawn from `rng` (after its light).
+
+    Returns the light (a `textured_render.Lighting`) and a list of (Camera, Rendering): cameras look at
+    the bounding-box centre from yaw U(-90, 90) and pitch U(-20, 20) degrees, far enough that the head's
+    bounding sphere fills 92% of the image (fov 30 degrees).
+    """
+    from neuralmorph.data.textured_render import Lighting, TexturedMesh, TexturedRenderer, orbit_camera
+
+    light = Lighting.random(rng) if lighting == "random" else Lighting.studio()
+    v = np.asarray(vertices, dtype=np.float64)
+    centre = 0.5 * (v.min(axis=0) + v.max(axis=0))
+    radius = float(np.linalg.norm(v - centre, axis=1).max())
+    renderer = TexturedRenderer(TexturedMesh(v, faces, face_uvs, texture))
+    out = []
+    for _ in range(views):
+        yaw, pitch = rng.uniform(-MAX_YAW_DEG, MAX_YAW_DEG), rng.uniform(-MAX_PITCH_DEG, MAX_PITCH_DEG)
+        cam = orbit_camera(centre, radius, yaw, pitch, size)
+        out.append((cam, renderer.render(cam, light, IMAGE_SUPERSAMPLE)))
+    return light, out
+
+
+def _write_head_images(folder: Path, name: str, shots, subject: str, expression: str, row: int) -> list:
+    """PNGs (sRGB) and coverage masks of one head's renderings under folder/images/; their ImageFrames."""
+    from neuralmorph.data.images import IMAGES_DIR, ImageFrame
+    from neuralmorph.data.textured_render import srgb_encode
+    from neuralmorph.render import png_bytes
+
+    (folder / IMAGES_DIR).mkdir(exist_ok=True)
+    frames = []
+    for k, (cam, r) in enumerate(shots):
+        image, mask = f"{IMAGES_DIR}/{name}_{k:03d}.png", f"{IMAGES_DIR}/{name}_{k:03d}.mask.png"
+        (folder / image).write_bytes(png_bytes(srgb_encode(r.rgb)))
+        (folder / mask).write_bytes(png_bytes(np.clip(np.rint(r.mask * 255.0), 0, 255).astype(np.uint8)))
+        frames.append(ImageFrame(image, cam, subject=subject, expression=expression, registered=row, mask=mask))
+    return frames
+
+
 def synthesize(config: SynthConfig, model: HeadModel | None = None, progress: bool = True) -> HeadDataset:
     """Generate the dataset described by `config` and write it to `config.out`; returns it."""
     check_output_dir(config.out, "dataset", config.overwrite)  # before any work: never over a folder of the user's
@@ -147,13 +223,19 @@ def synthesize(config: SynthConfig, model: HeadModel | None = None, progress: bo
     split_of = identity_splits(config.subjects, config.test_fraction, config.val_fraction, config.seed)
     scan_cfg = ScanConfig(config.scan_resolution_mm, config.scan_noise_mm, config.scan_holes)
 
-    heads, verts = [], []
+    heads, verts, frames = [], [], []
     params = {"phenotype": [], "local": [], "face_units": [], "jaw": [], "neck": []}
+    texturer = None
+    if config.images:
+        from neuralmorph.data.appearance import HeadTexturer
+
+        texturer = HeadTexturer(model)
     with atomic_dir(config.out, "dataset", config.overwrite) as tmp:
         for s in tqdm(range(config.subjects), desc="synth", unit="subject", disable=not progress):
             rng = np.random.default_rng([config.seed, s])
             pheno, local = sample_identity(model, rng, config.local_fraction)
             neutral = model.identity(pheno, local)
+            look = subject_appearance(texturer, config.seed, s, pheno.gender) if config.images else None
             for e in range(config.expressions):
                 if e == 0:
                     units, jaw, neck = np.zeros(len(model.face_unit_names)), 0.0, np.zeros(3)
@@ -170,6 +252,15 @@ def synthesize(config: SynthConfig, model: HeadModel | None = None, progress: bo
                     np.savetxt(tmp / scan_path.replace(".ply", ".landmarks.txt"),
                                pose.apply(v[model.landmark_ids]), fmt="%.4f")
                     params.setdefault("scan_pose", []).append(pose.matrix)
+                if config.images:
+                    light, shots = head_images(v.astype(np.float32), model.faces, model.face_uvs, look.texture,
+                                               np.random.default_rng([config.seed, s, e, 2]),
+                                               config.views, config.image_size, config.lighting)
+                    frames += _write_head_images(tmp, f"{subject}_{expression}", shots, subject, expression, len(verts))
+                    params.setdefault("appearance", []).append(look.factors.vector())
+                    params.setdefault("light_sh", []).append(light.sh)
+                    params.setdefault("light_key", []).append(np.r_[light.key_direction, light.key_color,
+                                                                    light.specular, light.shininess])
                 heads.append(Head(subject, expression, split_of[s], len(verts), scan_path))
                 verts.append(v.astype(np.float32))
                 params["phenotype"].append([pheno.gender, pheno.age, pheno.african, pheno.asian, pheno.caucasian,
@@ -189,6 +280,7 @@ def synthesize(config: SynthConfig, model: HeadModel | None = None, progress: bo
             region_weights=one_hot,
             frame=frame,
             extras={f"synth.{k}": np.asarray(val, dtype=np.float64) for k, val in params.items()},
+            images=frames,
         )
         dataset.save(tmp)
     dataset.folder = Path(config.out)  # saved in a temporary sibling, renamed into place
