@@ -4,7 +4,7 @@
         [--steps 1500] [--train-views 8] [--test-views 4] [--out R.json]
 
 Views: ground truth from the ray-cast textured renderer (`data.textured_render`, 2x2 supersampling,
-studio lighting, black background), cameras on an orbit around the head: the training views evenly
+studio lighting, black background, sRGB-encoded as in a PNG), cameras on an orbit around the head: the training views evenly
 from yaw -60 to 60 degrees at pitch 0 and +-10, the held-out views in between (yaw -45..45, pitch 5).
 Synthetic: the embedded head's template with the albedo of identity seed 0 (`data.appearance`); james:
 menpo3d's real textured scan (`neuralmorph data fetch james`). The Gaussians start on area-uniform
@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from neuralmorph.data.textured_render import srgb_encode
 from neuralmorph.geometry.sampling import sample_surface
 from neuralmorph.splat.optimize import GaussianFitConfig, fit_gaussians, initial_scene, view_psnr
 
@@ -48,7 +49,8 @@ def _views(mesh, size: int, n_train: int, n_test: int):
     from neuralmorph.data.textured_render import Lighting, TexturedRenderer, orbit_camera
 
     lo, hi = mesh.vertices.min(0), mesh.vertices.max(0)
-    centre, radius = (lo + hi) / 2, float(np.linalg.norm(hi - lo)) / 2
+    centre = (lo + hi) / 2
+    radius = float(np.linalg.norm(mesh.vertices - centre, axis=1).max())  # the head fills the frame
     pitches = [0.0, 10.0, -10.0]
     train = [orbit_camera(centre, radius, yaw, pitches[i % 3], size)
              for i, yaw in enumerate(np.linspace(-60, 60, n_train))]
@@ -73,7 +75,9 @@ def main() -> None:
     start = time.perf_counter()
     train, test, shots = _views(mesh, args.size, args.train_views, args.test_views)
     render_s = time.perf_counter() - start
-    images = [s.rgb for s in shots]
+    # fitted as the image files hold them (sRGB-encoded, like `data synth --images` PNGs and users' photos):
+    # linear values crowd the dark skin into a few per cent of the range and flatter the PSNR
+    images = [srgb_encode(s.rgb).astype(np.float32) / 255 for s in shots]
     masks = [(s.mask > 0.5).astype(np.float32) for s in shots]
     points = sample_surface(mesh.vertices, mesh.faces, args.gaussians, 0)[0]
     config = GaussianFitConfig(steps=args.steps)

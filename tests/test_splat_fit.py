@@ -49,3 +49,27 @@ def test_the_fit_refuses_images_that_do_not_match_their_cameras(views):
         fit_gaussians(images[:2], cams[:3], scene, GaussianFitConfig(steps=1), progress=False)
     with pytest.raises(InputError, match="camera"):
         fit_gaussians([images[0][:10]], cams[:1], scene, GaussianFitConfig(steps=1), progress=False)
+
+
+def test_a_fitted_scene_saved_as_3dgs_ply_renders_the_same_after_loading(views, tmp_path):
+    import torch
+
+    from neuralmorph.splat.optimize import GaussianScene
+    from neuralmorph.splat.ply import load_gaussians_ply
+
+    mesh, cams, images = views
+    scene = initial_scene(sample_surface(mesh.vertices, mesh.faces, 300, 1)[0], sh_degree=1)
+    fit_gaussians(images[:1], cams[:1], scene, GaussianFitConfig(steps=5), progress=False)
+    scene.save_ply(tmp_path / "scene.ply")
+    g = load_gaussians_ply(tmp_path / "scene.ply", activated=False)
+
+    def param(a):
+        return torch.as_tensor(np.asarray(a), dtype=torch.float32)
+
+    loaded = GaussianScene(param(g.means), param(g.scales), param(g.quats), param(g.opacities).reshape(-1),
+                           param(g.sh))
+    bg = torch.zeros(3)
+    with torch.no_grad():
+        a, b = scene.render(cams[1], bg)["rgb"], loaded.render(cams[1], bg)["rgb"]
+    assert float(a.abs().max()) > 0.05  # something is drawn
+    assert torch.allclose(a, b, atol=1e-6)

@@ -71,6 +71,14 @@ class GaussianScene:
     def parameters(self) -> list[torch.Tensor]:
         return [self.means, self.log_scales, self.quats, self.logit_opacities, self.sh]
 
+    def save_ply(self, path, overwrite: bool = False) -> None:
+        """Write the scene as a standard 3DGS PLY (`splat.ply`), openable in common splat viewers."""
+        from neuralmorph.splat.ply import save_gaussians_ply
+
+        with torch.no_grad():
+            save_gaussians_ply(path, self.means, self.log_scales, self.quats, self.logit_opacities, self.sh,
+                               activated=False, overwrite=overwrite)
+
     def render(self, camera: Camera, background: torch.Tensor, sh_degree: int | None = None) -> dict:
         """One view (see `splat.rasterize`); rgb (H, W, 3)."""
         t = self.means
