@@ -189,18 +189,17 @@ def bench_case(width: int, height: int, n: int, cfg: RasterizerBenchConfig, log=
     f32 = torch.float32
     # warm-up, kept apart: numba's compile (or its cache load) on a process's first call, torch's allocator
     first = run_once(scene, "fast", weights, f32)[2]
-    fwd = [run_once(scene, "fast", None, f32)[2] for _ in range(cfg.repeats)]
-    fb = []
-    for _ in range(cfg.repeats):
-        out_fast, g_fast, s = run_once(scene, "fast", weights, f32)
-        fb.append(s)
-    log(f"  fast: forward {_median(fwd):.3f} s, forward+backward {_median(fb):.3f} s")
-    rfwd = [run_once(scene, "reference", None, f32)[2] for _ in range(cfg.reference_repeats)]
-    rfb = []
-    for _ in range(cfg.reference_repeats):
-        out_ref32, g_ref32, s = run_once(scene, "reference", weights, f32)
-        rfb.append(s)
-    log(f"  reference: forward {_median(rfwd):.3f} s, forward+backward {_median(rfb):.3f} s")
+
+    def timed(backend: str, repeats: int):
+        """Forward times, forward + backward times, and the last run's outputs and gradients."""
+        fwd = [run_once(scene, backend, None, f32)[2] for _ in range(repeats)]
+        runs = [run_once(scene, backend, weights, f32) for _ in range(repeats)]
+        fb = [r[2] for r in runs]
+        log(f"  {backend}: forward {_median(fwd):.3f} s, forward+backward {_median(fb):.3f} s")
+        return fwd, fb, runs[-1][0], runs[-1][1]
+
+    fwd, fb, out_fast, g_fast = timed("fast", cfg.repeats)
+    rfwd, rfb, out_ref32, g_ref32 = timed("reference", cfg.reference_repeats)
     img, grad, per = _agreement(out_fast, g_fast, out_ref32, g_ref32)
     out_ref64, g_ref64, _ = run_once(scene, "reference", weights, torch.float64)
     out_fast64, g_fast64, _ = run_once(scene, "fast", weights, torch.float64)
