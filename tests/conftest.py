@@ -17,9 +17,11 @@ if "OMP_NUM_THREADS" not in os.environ:
 
 @pytest.fixture(scope="session")
 def small_synth(tmp_path_factory) -> Path:
-    """A small synthetic dataset (3 subjects x 3 expressions, with raw scans), made once per test run."""
+    """A small synthetic dataset (3 subjects x 3 expressions, with raw scans and two 32² images of each
+    head), made once per test run."""
     out = tmp_path_factory.mktemp("synth") / "data"
-    synthesize(SynthConfig(out=out, subjects=3, expressions=3, seed=7), progress=False)
+    synthesize(SynthConfig(out=out, subjects=3, expressions=3, seed=7, images=True, views=2, image_size=32),
+               progress=False)
     return out
 
 

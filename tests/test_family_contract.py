@@ -37,9 +37,10 @@ def data(small_synth) -> HeadDataset:
 def trained(request, data, tmp_path_factory):
     """(family class, a tiny trained model, its saved folder)."""
     family = MODELS[request.param]
-    config, samples = family.smoke_config()
+    work = tmp_path_factory.mktemp(request.param)
+    config, samples = family.smoke_setup(data, work)
     trainer = TrainerConfig(**TRAINER) if family.trainable else None
-    out = tmp_path_factory.mktemp(request.param) / "run"
+    out = work / "run"
     result = train_model(family, data, config, out, trainer=trainer, samples=samples, progress=False)
     return family, result.model, result.folder
 
@@ -158,7 +159,7 @@ def test_train_family_through_the_cli(name, small_synth, tmp_path, capsys):
     from neuralmorph.cli import main
 
     family = MODELS[name]
-    config, samples = family.smoke_config()
+    config, samples = family.smoke_setup(HeadDataset.load(small_synth), tmp_path)
     args = ["train", name, "--data", str(small_synth), "--out", str(tmp_path / "run"), *_flags(family, config, samples)]
     if family.trainable:
         args += ["--max-steps", "2", "--batch-size", "2", "--checkpoint-every", "0", "--no-tensorboard"]

@@ -407,8 +407,8 @@ def test_dataset_saves_and_loads_images_and_checks_their_links(tmp_path):
         HeadDataset.load(tmp_path / "ds")
 
 
-def test_synth_datasets_without_images_are_unchanged(small_synth, tmp_path):
-    ds = HeadDataset.load(small_synth)
-    assert ds.images == [] and not (small_synth / "transforms.json").exists()
+def test_synth_datasets_without_images_are_unchanged(pca_data, tmp_path):
+    ds = HeadDataset.load(pca_data)
+    assert ds.images == [] and not (pca_data / "transforms.json").exists()
     copy.deepcopy(ds).save(tmp_path / "copy")
     assert not (tmp_path / "copy" / "transforms.json").exists()

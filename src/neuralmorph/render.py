@@ -83,6 +83,30 @@ def view_camera(view: str, frame_bbox: np.ndarray, size: tuple[int, int] = (512,
     return Camera(f, f, (w - 1) / 2.0, (h - 1) / 2.0, w, h, w2c)
 
 
+def turntable_cameras(vertices: np.ndarray, n: int, size: int | tuple[int, int], pitch_deg: float = 5.0,
+                      yaw_range: tuple[float, float] = (-90.0, 90.0)) -> list[Camera]:
+    """`n` cameras circling a head about +y, each framing the sphere around its bounding box.
+
+    vertices: (V, 3) float, mm (any unit works: framing is automatic). Yaws are spread evenly over
+    `yaw_range` in degrees, both ends included (0: from +z, the face; positive: from the subject's left,
+    +x; one camera looks from the middle of the range); every camera is `pitch_deg` above the head's
+    centre. size: pixels, an int for square images or (width, height). Cameras as
+    `neuralmorph.data.textured_render.orbit_camera` makes them.
+    """
+    from .data.textured_render import orbit_camera
+
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"need at least one camera, got {n}")
+    box = bounding_box(vertices)
+    if not np.isfinite(box).all():
+        raise ValueError("vertices contain NaN or inf")
+    radius = max(0.5 * float(np.linalg.norm(box[1] - box[0])), 1e-9)
+    lo, hi = float(yaw_range[0]), float(yaw_range[1])
+    yaws = [0.5 * (lo + hi)] if n == 1 else np.linspace(lo, hi, n)
+    return [orbit_camera(box.mean(axis=0), radius, float(yaw), float(pitch_deg), size) for yaw in yaws]
+
+
 def _supersampled(cam: Camera, s: int) -> Camera:
     """The same view at s x s samples per pixel: pixel (i, j) covers samples (s*i..s*i+s-1, s*j..)."""
     if s == 1:
@@ -520,6 +544,43 @@ def png_bytes(image: np.ndarray) -> bytes:
 def save_png(path: str | os.PathLike, image: np.ndarray) -> None:
     """Write an (H, W[, 3|4]) uint8 image as PNG, atomically; the same pixels always give the same bytes."""
     data = png_bytes(image)
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def gif_bytes(frames: Sequence[np.ndarray], fps: float = 10.0, background=(0, 0, 0)) -> bytes:
+    """An animated GIF (looping) of images (H_i, W_i[, 3|4]) uint8, `fps` frames a second, with
+    `SIGNATURE` in its comment extension (in the header, what marks the file ours, as the PNG's text
+    chunk does); same frames -> same bytes. Frames of different sizes are centred on the largest size over
+    `background`. Colours are reduced to each frame's own 256-colour palette (GIF's limit); the writer
+    merges identical consecutive frames into one shown for longer."""
+    import io
+
+    from PIL import Image
+
+    imgs = [_as_rgb(f) for f in frames]
+    if not imgs:
+        raise ValueError("a GIF needs at least one frame")
+    if not (np.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps must be a positive number, got {fps}")
+    h, w = max(im.shape[0] for im in imgs), max(im.shape[1] for im in imgs)
+    canvas = []
+    for im in imgs:
+        out = np.empty((h, w, 3), dtype=np.uint8)
+        out[:] = np.asarray(background, dtype=np.uint8)
+        y, x = (h - im.shape[0]) // 2, (w - im.shape[1]) // 2
+        out[y : y + im.shape[0], x : x + im.shape[1]] = im
+        canvas.append(Image.fromarray(out))
+    buf = io.BytesIO()
+    # GIF delays are in hundredths of a second
+    canvas[0].save(buf, format="GIF", save_all=True, append_images=canvas[1:], loop=0,
+                   duration=max(10, int(round(1000.0 / fps, -1))), comment=SIGNATURE.encode())
+    return buf.getvalue()
+
+
+def save_gif(path: str | os.PathLike, frames: Sequence[np.ndarray], fps: float = 10.0) -> None:
+    """Write images (H, W[, 3|4]) uint8 as a looping animated GIF (`gif_bytes`), atomically, signed."""
+    data = gif_bytes(frames, fps)
     with atomic_file(path) as tmp:
         tmp.write_bytes(data)
 

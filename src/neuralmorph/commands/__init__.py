@@ -8,8 +8,9 @@ import from here.
 
 from __future__ import annotations
 
-from neuralmorph.commands.bench import (ExtractionBenchConfig, FidelityConfig, RasterizerBenchConfig,
-                                       run_extraction_bench, run_fidelity, run_rasterizer_bench)
+from neuralmorph.commands.bench import (AppearanceBenchConfig, ExtractionBenchConfig, FidelityConfig, RasterizerBenchConfig,
+                                       run_appearance_bench, run_extraction_bench, run_fidelity,
+                                       run_rasterizer_bench)
 from neuralmorph.commands.data import (FetchConfig, InfoConfig, IngestConfig, SynthConfig, run_fetch, run_info,
                                       run_ingest, run_synth)
 from neuralmorph.commands.demo import DemoConfig, run_demo
@@ -48,10 +49,11 @@ COMMANDS: dict[str, object] = {
         "fidelity": (FidelityConfig, run_fidelity),
         "extraction": (ExtractionBenchConfig, run_extraction_bench),
         "rasterizer": (RasterizerBenchConfig, run_rasterizer_bench),
+        "appearance": (AppearanceBenchConfig, run_appearance_bench),
     },
     "demo": (DemoConfig, run_demo),
 }
 
 GROUP_HELP = {"data": "Make, import and inspect datasets.", "train": "Train a model of one family on a dataset.",
-              "bench": "Measure families side by side, and the Gaussian rasterizer."}
+              "bench": "Measure families side by side, the Gaussian rasterizer, and single-image appearance fits."}
 """Help line of each verb group."""

@@ -1,5 +1,6 @@
-"""`neuralmorph bench fidelity | extraction | rasterizer`: measure families side by side, what implicit mesh
-extraction saves, and the fast Gaussian rasterizer against its reference.
+"""`neuralmorph bench fidelity | extraction | rasterizer | appearance`: measure families side by side, what
+implicit mesh extraction saves, the fast Gaussian rasterizer against its reference, and single-image
+appearance fits.
 
 `FidelityConfig`, `ExtractionBenchConfig` and `RasterizerBenchConfig` are the library functions' own inputs
 (`evaluation.fidelity.bench_fidelity`, `evaluation.extraction_bench.bench_extraction`,
@@ -12,6 +13,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
+from neuralmorph.evaluation.appearance_bench import METHODS, AppearanceBenchConfig, bench_appearance
 from neuralmorph.evaluation.extraction_bench import AIMS, ExtractionBenchConfig, bench_extraction
 from neuralmorph.evaluation.fidelity import FidelityConfig, bench_fidelity
 from neuralmorph.evaluation.rasterizer_bench import RasterizerBenchConfig, bench_rasterizer
@@ -58,5 +60,18 @@ def run_rasterizer_bench(cfg: RasterizerBenchConfig) -> dict:
     print(f"{'case':14s}" + "".join(f"{k:>21s}" for k in cols))
     for name, row in r["cases"].items():
         print(f"{name:14s}" + "".join(f"{row[k]:21.3g}" for k in cols))
+    print(f"-> {cfg.out}")
+    return r
+
+
+def run_appearance_bench(cfg: AppearanceBenchConfig) -> dict:
+    """`neuralmorph bench appearance`: single-image fits of held-out identities scored on unseen views; print
+    one row per method, return the report."""
+    r = bench_appearance(cfg)
+    cols = ("psnr_heldout_db", "psnr_heldout_masked_db", "ssim_heldout", "psnr_input_db", "fit_seconds")
+    print(f"{'method':18s}" + "".join(f"{k:>24s}" for k in cols))
+    for name in METHODS:
+        row = r["methods"][name]
+        print(f"{name:18s}" + "".join(f"{row[k]:24.3f}" for k in cols))
     print(f"-> {cfg.out}")
     return r

@@ -1,11 +1,12 @@
 """`neuralmorph fit`: fit a trained model to a file — a registered mesh, a raw scan or a point cloud —
 or to a folder of observations of one subject (clouds, or a depth sequence), through
-`fitting.fit_observation`. One file gives fit.ply; a folder one fit_NNN.ply per observation. The
-metrics are computed here: the evaluation protocol against a target mesh, or the observed points'
-distance to their fitted mesh. The line it prints gives completeness (target->fit), accuracy
-(fit->target) and their mean, the chamfer-L1, against a target mesh; against a point cloud only the
-one-sided target->fit distance (the rest of the fitted head has nothing observed to be near). Before
-fitting it warns (one stderr line) when the model's training record says it may never have learned
+`fitting.fit_observation`; an appearance model also to a photo or a transforms.json of posed photos
+(`commands.fit_image`, which `run_fit` hands such targets to). One file gives fit.ply; a folder one
+fit_NNN.ply per observation. The metrics are computed here: the evaluation protocol against a target
+mesh, or the observed points' distance to their fitted mesh. The line it prints gives completeness
+(target->fit), accuracy (fit->target) and their mean, the chamfer-L1, against a target mesh; against a
+point cloud only the one-sided target->fit distance (the rest of the fitted head has nothing observed
+to be near). Before fitting it warns (one stderr line) when the model's training record says it may never have learned
 (`warn_if_untrained`).
 """
 
@@ -20,10 +21,12 @@ from typing import Literal
 import numpy as np
 
 from neuralmorph.atomic import atomic_dir, write_json
+from neuralmorph.commands.fit_image import is_image_target, refuse_image_flags, run_fit_image
 from neuralmorph.data.observations import Observation, load_target
 from neuralmorph.errors import InputError
 from neuralmorph.evaluation.protocol import Protocol, evaluate
 from neuralmorph.fitting import FitConfig, FitResult, fit_observation
+from neuralmorph.fitting.image import ImageFitConfig
 from neuralmorph.fitting.implicit import ImplicitFitConfig
 from neuralmorph.geometry.distance import distance_to_mesh
 from neuralmorph.geometry.mesh import Mesh, check_cloud, load_landmarks, load_mesh, save_mesh
@@ -43,18 +46,28 @@ class FitCommand(Verb):
     """Model folder (from `neuralmorph train`)."""
     target: Path
     """Mesh or point cloud to fit (.ply/.obj/.off/.stl, .xyz/.npy). Implicit models also take a folder of
-    them (observations of one subject) or a depth-sequence folder (camera.json + depth images)."""
+    them (observations of one subject) or a depth-sequence folder (camera.json + depth images). Appearance
+    models also take a photo (.png/.jpg/...; with --camera or --landmarks2d) or a nerfstudio
+    transforms.json (or its folder) of posed photos of one head, all its frames fitted together (cameras
+    from the file, masks where its frames list mask_path). Greyscale photos are repeated over the channels;
+    a photo with transparency (RGBA) is composited over black and its alpha is the mask unless --mask (or
+    the frame's mask_path) gives one."""
     out: Path
     """Output folder: for one target file fit.ply (in the target's coordinates), latents.json and
     metrics.json; for a folder of observations or a depth sequence fit_000.ply, fit_000.latents.json, ...
-    (one per observation), latents.json and metrics.json."""
+    (one per observation), latents.json and metrics.json. For image targets: fit.ply (the fitted mesh, mm,
+    model frame), gaussians.ply (3D Gaussian splats), latents.json (the codes; the refinement's
+    per-Gaussian residuals are in gaussians.ply only), input_render.png (each input beside the fit seen by
+    its camera), turntable.png (8 views, yaw -90..90 degrees) and metrics.json (PSNR and SSIM per input
+    view, whole and inside the mask; seconds; the fit's config; where the camera came from)."""
     kind: Literal["auto", "registered", "points"] = "auto"
     """registered: the target shares the model's topology (exact closed form); points: fit the surface
     to the target's points; auto: registered when vertex count and triangles match."""
     landmarks: Path | None = None
     """Target landmarks (L rows of x y z, in the model's landmark order) for the initial alignment."""
     units: Literal["mm", "cm", "dm", "m"] = "mm"
-    """Units of the target file."""
+    """Units of the target file (for --camera and a transforms.json: of their camera positions, unless the
+    file has its own "units" key)."""
     n_points: int = 10_000
     """Points drawn from a target mesh's surface for a points fit (point clouds are used as given)."""
     landmark_weight: float = 0.1
@@ -65,6 +78,21 @@ class FitCommand(Verb):
     """The fitting loop's weights and schedule (mesh families)."""
     implicit: ImplicitFitConfig = field(default_factory=ImplicitFitConfig)
     """Implicit families: code-fitting weights, schedules, alignment and meshing (docs/implicit_fitting.md)."""
+    camera: Path | None = None
+    """Image targets: the photo's camera, a JSON object in nerfstudio's keys: fl_x, fl_y (focal lengths,
+    pixels), cx, cy (principal point, pixel centres at +0.5 as nerfstudio has them), w, h (the photo's size
+    in pixels) and transform_matrix (4x4 camera-to-world, OpenGL axes: x right, y up, looking down -z), its
+    translation in the model's millimetres, or in the unit of an optional "units" key (mm, cm, dm, m). Lens
+    distortion must be zero. Without it --landmarks2d gives the camera."""
+    mask: Path | None = None
+    """Image targets: the photo's mask (a greyscale image of the same size; 0 = background, ignored)."""
+    landmarks2d: Path | None = None
+    """Image targets: the face's 2D landmarks, a text file of L rows `u v` (pixels, column then row, pixel
+    centres at integers), in the model's landmark order (68 in iBUG order on the embedded head); `nan nan`
+    for one not seen. Used as the fit's landmark term; without --camera the camera is solved from them
+    (perspective-n-point against the model's mean head: unknown focal, centred principal point)."""
+    image_fit: ImageFitConfig = field(default_factory=ImageFitConfig)
+    """Image targets: the image fit's steps, weights and learning rates (`fitting.image`)."""
 
 
 def load_observation(cfg: FitCommand, model: MorphableModel) -> tuple[Observation, Mesh | None]:
@@ -122,6 +150,9 @@ def warn_if_untrained(model: MorphableModel, where: Path) -> None:
 def run_fit(cfg: FitCommand) -> dict:
     start = time.perf_counter()
     model = MorphableModel.load(cfg.model, device=cfg.device)
+    if is_image_target(cfg.target):
+        return run_fit_image(cfg, model, warn_if_untrained)
+    refuse_image_flags(cfg)
     observation, target = load_observation(cfg, model)  # target: the file's mesh; None for a folder
     warn_if_untrained(model, cfg.model)
     result = fit_observation(model, observation, cfg.fit, cfg.implicit, cfg.landmark_weight, progress=True)

@@ -1,4 +1,8 @@
-"""`neuralmorph sample`, `interpolate` and `transfer`: new heads from a model's latent spaces."""
+"""`neuralmorph sample`, `interpolate` and `transfer`: new heads from a model's latent spaces.
+
+`sample` of a model whose family has appearance (`has_appearance`) also writes each head's 3D Gaussians
+(`sample_NNN.gaussians.ply`, the 3DGS layout) and a strip of their renders (`sample_NNN.png`: front,
+three-quarter and side, `APPEARANCE_VIEW_SIZE`² each, on black), in the same folder, committed together."""
 
 from __future__ import annotations
 
@@ -14,6 +18,11 @@ from neuralmorph.models.base import MAX_TEMPERATURE, Latents, MorphableModel
 from neuralmorph.models.latents import load_latents, save_latents
 from neuralmorph.outputs import Output, Verb
 
+APPEARANCE_VIEWS = ("front", "three_quarter", "side")
+"""The views of each sample's render strip (`sample_NNN.png`) when the model has appearance."""
+APPEARANCE_VIEW_SIZE = 256
+"""Width and height in pixels of each view of that strip."""
+
 
 @dataclass(frozen=True)
 class SampleConfig(Verb):
@@ -24,7 +33,9 @@ class SampleConfig(Verb):
     model: Path
     """Model folder."""
     out: Path
-    """Output folder: sample_000.ply, sample_000.json, ..."""
+    """Output folder: sample_000.ply, sample_000.json, ... (and, for a model with appearance,
+    sample_000.gaussians.ply, its 3D Gaussians, and sample_000.png, their front, three-quarter and side
+    renders)."""
     n: int = 8
     """Number of heads."""
     temperature: float = 1.0
@@ -122,12 +133,32 @@ def _check_resolution(resolution: int) -> None:
 
 
 def _write_heads(model: MorphableModel, latents: Latents, folder: Path, stem: str, resolution: int,
-                 overwrite: bool) -> None:
+                 overwrite: bool, appearance: bool = False) -> None:
+    """Each head's mesh and latents in `folder` (a set of heads), written together; with `appearance` (a
+    model that has it) also its Gaussians (`STEM_NNN.gaussians.ply`) and their render strip (`STEM_NNN.png`)."""
     meshes = model.meshes(latents, resolution=resolution)
     with atomic_dir(folder, "set of heads", overwrite) as tmp:
         for i, mesh in enumerate(meshes):
+            one = {k: z[i:i + 1] for k, z in latents.items()}
             save_mesh(tmp / f"{stem}_{i:03d}.ply", mesh)
-            save_latents(tmp / f"{stem}_{i:03d}.json", model, {k: z[i:i + 1] for k, z in latents.items()})
+            save_latents(tmp / f"{stem}_{i:03d}.json", model, one)
+            if appearance:
+                _write_appearance(model, one, mesh.vertices, tmp / f"{stem}_{i:03d}")
+
+
+def _write_appearance(model: MorphableModel, latents: Latents, vertices, stem: Path) -> None:
+    """One head's (latents: space -> (1, K)) Gaussians as `STEM.gaussians.ply` and their renders from
+    `APPEARANCE_VIEWS`, framing its mesh `vertices` (V, 3) mm, as `STEM.png`."""
+    from neuralmorph.commands.render import gaussian_frames, gaussian_strip
+    from neuralmorph.render import bounding_box, save_png, view_camera
+
+    with torch.no_grad():
+        gaussians = model.gaussians_of(latents)
+    model.save_ply(gaussians, 0, stem.with_name(stem.name + ".gaussians.ply"))
+    box = bounding_box(vertices)
+    size = (APPEARANCE_VIEW_SIZE, APPEARANCE_VIEW_SIZE)
+    frames = gaussian_frames(model, latents, [view_camera(v, box, size) for v in APPEARANCE_VIEWS])
+    save_png(stem.with_name(stem.name + ".png"), gaussian_strip(frames))
 
 
 def interpolate(a: Latents, b: Latents, steps: int) -> Latents:
@@ -136,16 +167,18 @@ def interpolate(a: Latents, b: Latents, steps: int) -> Latents:
     return {k: (1 - t) * a[k] + t * b[k] for k in a}
 
 
-def transfer(identity_of: Latents, expression_of: Latents) -> Latents:
-    """The identity-space codes of one head with every other space's codes from another."""
-    return {k: (identity_of[k] if k == "identity" else expression_of[k]).clone() for k in identity_of}
+def transfer(identity_of: Latents, expression_of: Latents, identity_spaces: tuple[str, ...] = ("identity",)) -> Latents:
+    """The codes of one head's `identity_spaces` (the family's: `MorphableModel.identity_spaces`) with every
+    other space's codes from another."""
+    return {k: (identity_of[k] if k in identity_spaces else expression_of[k]).clone() for k in identity_of}
 
 
 def run_sample(cfg: SampleConfig) -> None:
     model = MorphableModel.load(cfg.model, device=cfg.device)
     _write_heads(model, model.sample(cfg.n, cfg.temperature, cfg.seed), cfg.out, "sample", cfg.resolution,
-                 cfg.overwrite)
-    print(f"sampled {cfg.n} heads (temperature {cfg.temperature}, seed {cfg.seed}) -> {cfg.out}")
+                 cfg.overwrite, appearance=model.has_appearance)
+    extra = " with their Gaussians and renders" if model.has_appearance else ""
+    print(f"sampled {cfg.n} heads{extra} (temperature {cfg.temperature}, seed {cfg.seed}) -> {cfg.out}")
 
 
 def run_interpolate(cfg: InterpolateConfig) -> None:
@@ -159,7 +192,7 @@ def run_transfer(cfg: TransferConfig) -> None:
     model = MorphableModel.load(cfg.model, device=cfg.device)
     if "identity" not in model.latent_sizes or len(model.latent_sizes) < 2:
         raise InputError(cfg.model, "transfer needs a model with an identity space and an expression space")
-    latents = transfer(load_latents(cfg.identity, model), load_latents(cfg.expression, model))
+    latents = transfer(load_latents(cfg.identity, model), load_latents(cfg.expression, model), model.identity_spaces)
     mesh = model.meshes(latents, resolution=cfg.resolution)[0]
     with output_files(cfg.out, cfg.out.with_suffix(".json"), overwrite=cfg.overwrite) as (mesh_tmp, latents_tmp):
         save_mesh(mesh_tmp, mesh)

@@ -35,7 +35,7 @@ from neuralmorph.geometry.mesh import Mesh
 from neuralmorph.data.observations import Observation
 from neuralmorph.fitting import fit_observation
 from neuralmorph.fitting.implicit import ImplicitFitConfig
-from neuralmorph.models.base import MorphableModel, family_class, registered_families
+from neuralmorph.models.base import MorphableModel, family_class, standalone_families
 from neuralmorph.models.train import train_model
 from neuralmorph.outputs import Verb
 
@@ -46,8 +46,8 @@ class FidelityConfig(Verb):
 
     out: Path = Path("fidelity.json")
     """Where to write {"models": {family: {metric: value}}, "protocol": {...}}."""
-    families: tuple[str, ...] = field(default_factory=registered_families)
-    """Which families to run."""
+    families: tuple[str, ...] = field(default_factory=standalone_families)
+    """Which families to run (families built on another model, like appearance, are not geometry benchmarks)."""
     quick: bool = False
     """Short runs: fewer training steps and implicit subjects (see those flags); off: the full run."""
     latent_size: int = 32
@@ -91,7 +91,9 @@ class FidelityConfig(Verb):
         if not self.families:
             raise InputError("--families", "name at least one family")
         for name in self.families:
-            family_class(name, "--families")
+            if not family_class(name, "--families").standalone:
+                raise InputError("--families", f"{name!r} builds on another trained model: it is not a geometry "
+                                               "family this benchmark trains from data")
         if self.latent_size < 2:
             raise InputError("--latent-size", f"must be at least 2 (PCA splits it in two), got {self.latent_size}")
         if not 0.0 <= self.local_fraction <= 1.0:

@@ -78,6 +78,12 @@ def registered_families() -> tuple[str, ...]:
     return tuple(MODELS)
 
 
+def standalone_families() -> tuple[str, ...]:
+    """The families built from a dataset alone (`standalone`), in registration order: what benchmarks that
+    train every family from data run."""
+    return tuple(name for name in registered_families() if MODELS[name].standalone)
+
+
 def family_class(name: str, where: str = "family") -> type["MorphableModel"]:
     """The registered class of family `name`; InputError naming the known ones otherwise."""
     import neuralmorph.models  # noqa: F401  (registers every family)
@@ -159,6 +165,13 @@ class MorphableModel(torch.nn.Module, Trainable):
     signed-distance field."""
     fits: ClassVar[frozenset[ObservationKind]] = frozenset()
     """The observation kinds `neuralmorph.fitting.fit_observation` accepts for this family."""
+    identity_spaces: ClassVar[tuple[str, ...]] = ("identity",)
+    """The latent spaces that belong to the person (what `transfer` takes from the identity head)."""
+    standalone: ClassVar[bool] = True
+    """Built from a dataset alone; False: builds on another trained model that its config names (the
+    appearance family on a mesh family), so benchmarks that train every family from data skip it."""
+    has_appearance: ClassVar[bool] = False
+    """Whether the family's heads have appearance (`gaussians_of`, `render_views`), not only geometry."""
     truncatable: ClassVar[bool] = False
     """Whether `truncated(k, k)` cuts the model to its first k components per space (model-quality curves)."""
     cli_model_prefix: ClassVar[bool] = True
@@ -253,6 +266,12 @@ class MorphableModel(torch.nn.Module, Trainable):
         train in seconds. Default: the family's defaults."""
         return cls.Config(), (cls.Samples() if cls.Samples is not None else None)
 
+    @classmethod
+    def smoke_setup(cls, dataset: "HeadDataset", workdir: Path) -> tuple[ModelConfig, Config | None]:
+        """`smoke_config` made ready for `dataset`: families that build on another model (`standalone` False)
+        make a tiny one of it in `workdir` and name it. Default: `smoke_config()`."""
+        return cls.smoke_config()
+
     def parameter_count(self) -> int:
         """Parameters of the model itself (codebooks of training codes, if any, not counted)."""
         return sum(p.numel() for p in self.parameters())
@@ -329,6 +348,15 @@ class MorphableModel(torch.nn.Module, Trainable):
         if kind not in self.fits:
             can = ", ".join(sorted(self.fits)) or "nothing"
             raise InputError(where, f"a {self.family!r} model cannot be fitted to a {kind} observation (it takes: {can})")
+
+    def gaussians_of(self, latents: Latents):
+        """The 3D Gaussians of heads with appearance (`has_appearance` families): see `models.appearance`."""
+        raise InputError(self.family, "this family models geometry only; appearance needs the appearance family")
+
+    def render_views(self, latents: Latents, cameras: list, background=(0.0, 0.0, 0.0)) -> list[np.ndarray]:
+        """Images (H, W, 3) float32 in [0, 1] of the first head of `latents` from each `geometry.camera.Camera`
+        (`has_appearance` families)."""
+        raise InputError(self.family, "this family models geometry only; appearance needs the appearance family")
 
     def truncated(self, k_identity: int, k_expression: int) -> "MorphableModel":
         """The model cut to its first components per space (`truncatable` families)."""
@@ -413,21 +441,44 @@ class MorphableModel(torch.nn.Module, Trainable):
                                             "can decode")
         return latents
 
-    def save(self, folder: str | Path, overwrite: bool = False) -> None:
-        """Write config.json + weights.safetensors into `folder`, atomically (an earlier model there is
-        replaced only with `overwrite`)."""
-        config = {
+    def spec(self) -> dict:
+        """What config.json holds: the family, its config, latent sizes, frame, region names, the training
+        record, and whatever the family adds (`saved_spec`)."""
+        return {
             "family": self.family,
             "config": self.config.to_dict(),
             "latent_sizes": self.latent_sizes,
             "frame": self.frame.as_dict(),
             "region_names": list(self.region_names),
             "training": self.training_record,
+            **self.saved_spec(),
         }
+
+    def saved_spec(self) -> dict:
+        """Extra config.json keys a family needs to rebuild itself in `from_saved` (e.g. a nested model's
+        spec). Default: none."""
+        return {}
+
+    def save(self, folder: str | Path, overwrite: bool = False) -> None:
+        """Write config.json + weights.safetensors into `folder`, atomically (an earlier model there is
+        replaced only with `overwrite`)."""
         arrays = {k: v.detach().cpu().contiguous().numpy() for k, v in self.state_dict().items()}
         with atomic_dir(folder, "model", overwrite) as tmp:
-            (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+            (tmp / CONFIG_FILE).write_text(json.dumps(self.spec(), indent=2, sort_keys=True) + "\n")
             save_arrays(tmp / WEIGHTS_FILE, arrays, {"family": self.family})
+
+    @classmethod
+    def from_spec(cls, spec: dict, arrays: dict[str, np.ndarray], where: str | Path) -> "MorphableModel":
+        """An empty model (weights not loaded) of the family and shapes a saved `spec` (a config.json's
+        object) describes; InputError naming `where` when the spec is not one `save` writes. Families
+        that nest another model build it with this."""
+        spec, klass = _checked_spec(spec, Path(where))
+        if cls is not MorphableModel and not issubclass(klass, cls):
+            raise InputError(where, f"holds a {klass.family!r} model, not {cls.family!r}")
+        config = klass.Config.from_dict(spec["config"], str(where))
+        model = klass.from_saved(config, spec, arrays)
+        model.training_record = spec.get("training")  # absent in models saved before it was recorded
+        return model
 
     @classmethod
     def load(cls, folder: str | Path, device: str | torch.device = "cpu") -> "MorphableModel":
@@ -436,18 +487,16 @@ class MorphableModel(torch.nn.Module, Trainable):
         cfg_path = folder / CONFIG_FILE
         if not cfg_path.is_file():
             raise InputError(folder, f"not a neuralmorph model folder (no {CONFIG_FILE})")
-        spec, klass = _saved_spec(cfg_path)
-        family = klass.family
-        if cls is not MorphableModel and not issubclass(klass, cls):
-            raise InputError(cfg_path, f"holds a {family!r} model, not {cls.family!r}")
-        config = klass.Config.from_dict(spec["config"], str(cfg_path))
+        spec = read_json(cfg_path)
+        _checked_spec(spec, cfg_path)  # a damaged or foreign config.json is reported before the weights are read
         weights = folder / WEIGHTS_FILE
         arrays, _ = load_arrays(weights)
         for name, a in arrays.items():
             if a.dtype.kind in "fc" and not np.isfinite(a).all():
                 raise InputError(weights, f"tensor {name!r} holds NaN or infinite values: the model is damaged "
                                           "(or its training diverged)")
-        model = klass.from_saved(config, spec, _Required(arrays, weights, "tensor"))
+        model = cls.from_spec(spec, _Required(arrays, weights, "tensor"), cfg_path)
+        family = model.family
         expected = model.state_dict()
         missing = [k for k in expected if k not in arrays]
         extra = sorted(k for k in arrays if k not in expected)
@@ -467,7 +516,6 @@ class MorphableModel(torch.nn.Module, Trainable):
             model.load_state_dict(state, strict=True)
         except RuntimeError as exc:
             raise InputError(weights, f"weights do not match the config: {str(exc).splitlines()[0]}") from None
-        model.training_record = spec.get("training")  # absent in models saved before it was recorded
         return model.to(device).eval()  # loaded models are for use; training puts them back in train mode
 
 
@@ -487,11 +535,10 @@ def _names(keys: list[str], shown: int = 4) -> str:
     return ", ".join(repr(k) for k in keys[:shown]) + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
 
 
-def _saved_spec(path: Path) -> tuple[dict, type[MorphableModel]]:
-    """A model's config.json and its family's class, checked for the shape `save` writes: an object with a
-    registered family's name, a config object, latent sizes (space -> integer >= 0), a frame and region
-    names. Missing keys inside are InputErrors naming the file too (`_Required`)."""
-    spec = read_json(path)
+def _checked_spec(spec: Any, path: Path) -> tuple[dict, type[MorphableModel]]:
+    """A model's config.json object and its family's class, checked for the shape `save` writes: an object
+    with a registered family's name, a config object, latent sizes (space -> integer >= 0), a frame and
+    region names. Missing keys inside are InputErrors naming the file too (`_Required`)."""
     if not isinstance(spec, dict):
         raise InputError(path, f"must hold a JSON object (family, config, latent_sizes, frame), got {type(spec).__name__}")
     if "family" not in spec:
