@@ -69,11 +69,6 @@ class AppearanceBenchConfig(Verb):
                 "steps": 3000}
 
 
-def _project(camera, points: np.ndarray) -> np.ndarray:
-    p = points @ camera.rotation.T + camera.world_to_camera[:3, 3]
-    return np.c_[camera.fx * p[:, 0] / p[:, 2] + camera.cx, camera.fy * p[:, 1] / p[:, 2] + camera.cy]
-
-
 def _yaw(camera, centre: np.ndarray) -> float:
     d = camera.position - centre
     return float(abs(np.arctan2(d[0], d[2])))
@@ -124,7 +119,7 @@ def bench_appearance(cfg: AppearanceBenchConfig, log=print) -> dict:
         truth = data.vertices[head.registered]
         frames.sort(key=lambda f: _yaw(f.camera, truth.mean(axis=0)))
         views = [View(load_image(f.image_path(data.folder)), f.camera, load_mask(f.mask_path(data.folder)),
-                      _project(f.camera, truth[model.landmark_ids.cpu().numpy()])) for f in frames]
+                      f.camera.project(truth[model.landmark_ids.cpu().numpy()])[0]) for f in frames]
         given, held = views[0], views[1:]
         idf = fit_image(model, [given], fit_cfg, progress=False)
         rows["identity_field"].append({**_score(model, idf, held), "psnr_input_db": idf.psnr_input_db[0],

@@ -121,8 +121,7 @@ def _gaussians(model, latents: Latents, residuals: dict[str, torch.Tensor]):
 
 
 def _intrinsics(camera: Camera, device) -> torch.Tensor:
-    return torch.tensor([[camera.fx, 0.0, camera.cx], [0.0, camera.fy, camera.cy], [0.0, 0.0, 1.0]],
-                        dtype=torch.float32, device=device)
+    return torch.as_tensor(camera.intrinsics, dtype=torch.float32, device=device)
 
 
 class _Views:

@@ -76,6 +76,11 @@ class Camera:
         p = np.asarray(points, dtype=np.float64)
         return p @ self.rotation.T + self.world_to_camera[:3, 3]
 
+    @property
+    def intrinsics(self) -> np.ndarray:
+        """(3, 3) float64 pinhole matrix [[fx, 0, cx], [0, fy, cy], [0, 0, 1]] (pixels)."""
+        return np.array([[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]])
+
     def project(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(P, 3) world points -> image coordinates uv (P, 2) float64 and camera depth z (P,) float64.
 

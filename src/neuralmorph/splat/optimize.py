@@ -84,7 +84,7 @@ class GaussianScene:
         t = self.means
         return rasterize(t, self.quats, self.log_scales.exp(), torch.sigmoid(self.logit_opacities), self.sh,
                          torch.tensor(camera.world_to_camera, dtype=t.dtype, device=t.device),
-                         torch.as_tensor(_intrinsics(camera), dtype=t.dtype, device=t.device),
+                         torch.as_tensor(camera.intrinsics, dtype=t.dtype, device=t.device),
                          camera.width, camera.height, background=background, sh_degree=sh_degree)
 
 
@@ -93,10 +93,6 @@ class GaussianFitResult:
     scene: GaussianScene
     seconds: float
     history: list[dict] = field(default_factory=list)  # {"step", "loss"} every 50 steps
-
-
-def _intrinsics(camera: Camera) -> np.ndarray:
-    return np.array([[camera.fx, 0.0, camera.cx], [0.0, camera.fy, camera.cy], [0.0, 0.0, 1.0]])
 
 
 def initial_scene(points: np.ndarray, colors: np.ndarray | None = None, sh_degree: int = 1,

@@ -52,8 +52,7 @@ class ImageTrainData(torch.utils.data.Dataset):
         self.images, self.masks = np.stack(images), np.stack(masks)
         self.subject_ids = np.array([index[f.subject] for f in frames], np.int64)
         self.viewmats = np.stack([f.camera.world_to_camera for f in frames]).astype(np.float32)
-        self.Ks = np.stack([[[f.camera.fx, 0, f.camera.cx], [0, f.camera.fy, f.camera.cy], [0, 0, 1]]
-                            for f in frames]).astype(np.float32)
+        self.Ks = np.stack([f.camera.intrinsics for f in frames]).astype(np.float32)
 
     def check_topology(self, n_vertices: int) -> None:
         """InputError unless the dataset's registered heads have the mesh model's `n_vertices`."""

@@ -119,11 +119,6 @@ class Gaussians(NamedTuple):
     sh: torch.Tensor         # (B, G, K, 3) SH coefficients, K = (sh_degree + 1)²
 
 
-def intrinsics(camera: Camera) -> np.ndarray:
-    """(3, 3) float64 pinhole matrix of `camera`."""
-    return np.array([[camera.fx, 0.0, camera.cx], [0.0, camera.fy, camera.cy], [0.0, 0.0, 1.0]])
-
-
 @register
 class AppearanceModel(RegisteredModel):
     """Gaussians bound to a mesh family's triangles, their attributes from an identity code's UV maps."""
@@ -219,7 +214,7 @@ class AppearanceModel(RegisteredModel):
             bg = torch.tensor(background, dtype=torch.float32, device=self.device)
             out = []
             for cam in cameras:
-                r = self.render(g, 0, _tensor(cam.world_to_camera, self.device), _tensor(intrinsics(cam), self.device),
+                r = self.render(g, 0, _tensor(cam.world_to_camera, self.device), _tensor(cam.intrinsics, self.device),
                                 cam.width, cam.height, bg)
                 out.append(r["rgb"].clamp(0, 1).cpu().numpy())
         return out
