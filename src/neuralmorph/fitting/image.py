@@ -184,13 +184,15 @@ def fit_image(model: MorphableModel, views: list[View], config: ImageFitConfig =
     for p in frozen:  # the model is fixed; only the latents and residuals learn
         p.requires_grad_(False)
     try:
-        return _fit(model, views, data, c, start, frozen, begin, progress)
+        return _fit(model, views, data, c, start, begin, progress)
     finally:
         for p in frozen:
             p.requires_grad_(True)
 
 
-def _fit(model, views, data, c, start, frozen, begin, progress) -> ImageFit:
+def _fit(model, views, data: _Views, c: ImageFitConfig, start: Latents | None, begin: float,
+         progress: bool) -> ImageFit:
+    """The two stages of `fit_image` on a model whose own parameters are frozen."""
     from tqdm import tqdm
 
     start = model.zero_latents(1) if start is None else {k: v.detach().clone() for k, v in start.items()}
