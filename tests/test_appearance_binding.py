@@ -12,9 +12,8 @@ import torch
 
 from neuralmorph.data.head_model import HeadModel
 from neuralmorph.errors import InputError
-from neuralmorph.models.appearance.binding import (Layout, bind, matrix_to_quat, sample_layout, sample_maps,
-                                                   triangle_frames)
-from neuralmorph.splat.project import quat_to_rotmat
+from neuralmorph.models.appearance.binding import Layout, bind, sample_layout, sample_maps, triangle_frames
+from neuralmorph.splat.project import matrix_to_quat, quat_to_rotmat
 
 
 @pytest.fixture(scope="module")

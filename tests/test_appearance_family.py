@@ -125,3 +125,25 @@ def test_transfer_keeps_the_look_with_the_identity(setting):
     out = transfer(a, b, model.identity_spaces)
     assert torch.equal(out["appearance"], a["appearance"]) and torch.equal(out["identity"], a["identity"])
     assert torch.equal(out["expression"], b["expression"])
+
+
+def test_preview_shows_the_rendering_beside_the_target(setting):
+    """The trainer's preview hook: the first item's render (its own subject's code) left, its image right."""
+    from torch.utils.data import default_collate
+
+    from neuralmorph.models.appearance.data import ImageTrainData
+
+    data, model, _ = setting
+    items = ImageTrainData(data, progress=False)
+    second = int(np.flatnonzero(items.subject_ids == 1)[0])  # subject 1 first: the code must follow the item
+    batch = default_collate([items[second], items[0]])
+    with torch.no_grad():
+        out = model.preview(batch)
+        g = model.gaussians(model.codes[1][None], batch["vertices"][:1])
+        direct = model.render(g, 0, batch["viewmat"][0], batch["K"][0], SIZE, SIZE)["rgb"].clamp(0, 1)
+    assert list(out) == ["appearance/render_vs_target"]
+    image = out["appearance/render_vs_target"]
+    assert image.shape == (SIZE, 2 * SIZE, 3) and image.dtype == torch.float32
+    assert 0 <= float(image.min()) and float(image.max()) <= 1
+    assert torch.equal(image[:, :SIZE], direct) and float(direct.max()) > 0.1
+    assert torch.equal(image[:, SIZE:], batch["image"][0])

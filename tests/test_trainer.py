@@ -5,8 +5,10 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -271,3 +273,64 @@ def test_mesh_previews_reach_tensorboard_without_changing_training(tmp_path):
     assert any(t.startswith("val/reconstruction") for t in tags), tags
     steps = {e.step for t in tags if t.startswith("val/reconstruction") for e in events.Tensors(t)}
     assert steps == {6, 12}
+
+
+class _ImagePreviewAutoencoder(TinyAutoencoder):
+    """Previews the reconstruction both as an image (4, 4, 3) in [0, 1] and as a mesh."""
+
+    def preview(self, batch):
+        v = self(batch["vertices"][:1])
+        return {"preview/picture": torch.sigmoid(v[0]).view(4, 4, 3),
+                "preview/mesh": (v, torch.tensor([[[0, 1, 2], [1, 2, 3]]]))}
+
+
+def _image_steps(run: Path, tag: str) -> list[int]:
+    """The steps of `tag`'s images in run/tensorboard (each (4, 4) pixels), as TensorBoard reads them."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0, "tensors": 0})
+    events.Reload()
+    assert tag in events.Tags()["images"], events.Tags()
+    images = events.Images(tag)
+    assert {(e.width, e.height) for e in images} == {(4, 4)}
+    return [e.step for e in images]
+
+
+@pytest.mark.parametrize("with_val, steps", [(True, [6, 12]), (False, [4, 8, 12])])
+def test_image_previews_reach_tensorboard_without_changing_training(tmp_path, with_val, steps):
+    """With a val set: its first item at each validation; without: the first training item at each checkpoint."""
+    pytest.importorskip("tensorboard")
+    cfg = _cfg(tensorboard=True)
+    val = TinyHeads(6, start=24) if with_val else None
+    plain = train(_model(noise=0.1), TinyHeads(24), cfg, tmp_path / "a", val_set=val, progress=False)
+    torch.manual_seed(0)
+    with_preview = train(_ImagePreviewAutoencoder(noise=0.1), TinyHeads(24), cfg, tmp_path / "b", val_set=val,
+                         progress=False)
+    for k, v in plain.state_dict().items():
+        assert torch.equal(v, with_preview.state_dict()[k]), k
+    assert _image_steps(tmp_path / "b", "preview/picture") == steps
+
+
+def test_train_item_previews_keep_resume_bit_identical(tmp_path):
+    """A run without a val set, cut after its step-8 checkpoint (later checkpoint removed) and resumed, ends
+    with the uninterrupted run's weights and shows each checkpoint's preview once."""
+    pytest.importorskip("tensorboard")
+    cfg = _cfg(tensorboard=True)
+
+    def run(out: Path, resume: bool = False) -> torch.nn.Module:
+        torch.manual_seed(0)
+        return train(_ImagePreviewAutoencoder(noise=0.1), TinyHeads(24), cfg, out, resume=resume, progress=False)
+
+    full = run(tmp_path / "full")
+    cut = tmp_path / "cut"
+    run(cut)
+    root = cut / "checkpoints"
+    shutil.rmtree(root / "step_0000012")
+    (root / "latest").write_text("step_0000008\n")
+    # TensorBoard reads event files in name order, and a name is time (whole seconds).host.pid.counter, the
+    # counter unpadded: in one process the resumed run's file could sort first; a later second cannot.
+    time.sleep(1.05)
+    resumed = run(cut, resume=True)
+    for k, v in full.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+    assert _image_steps(cut, "preview/picture") == [4, 8, 12]

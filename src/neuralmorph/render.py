@@ -133,8 +133,9 @@ def _downsample(img: np.ndarray, s: int) -> np.ndarray:
     return img.reshape(hs // s, s, ws // s, s, c).mean(axis=(1, 3))
 
 
-def _to_uint8(img: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """A float image (any shape) with values in [0, 1] -> uint8 0..255, rounded, out-of-range values clipped."""
+    return np.clip(np.rint(np.asarray(image, np.float64) * 255.0), 0, 255).astype(np.uint8)
 
 
 def _albedo(colors, n: int, name: str) -> np.ndarray:
@@ -229,7 +230,7 @@ class MeshRenderer:
                 sub[:] = _background(background)
                 sub[spix] = self._colour(sfid, st, sd, cam, albedo)
                 img[edge] = sub.reshape(len(edge), s * s, 3).mean(axis=1)
-        return _to_uint8(img.reshape(cam.height, cam.width, 3))
+        return to_uint8(img.reshape(cam.height, cam.width, 3))
 
     def _coverage(self, cam: Camera) -> np.ndarray:
         """(K,) int64 sorted ids of the pixels whose centre may see the mesh (conservative).
@@ -376,7 +377,7 @@ def render_points(points: np.ndarray, view: str | Camera = "front", size: tuple[
     bg = _background(background)
     p, q = pid[first], sid[first]
     img[flat[first]] = (albedo[p] * shade[q, None]) * (1.0 - fog[p, None]) + bg * fog[p, None]
-    return _to_uint8(_downsample(img.reshape(cam.height, cam.width, 3), s))
+    return to_uint8(_downsample(img.reshape(cam.height, cam.width, 3), s))
 
 
 # ------------------------------------------------------------------------------------------ colour maps

@@ -26,18 +26,17 @@ import numpy as np
 import torch
 
 from neuralmorph.atomic import atomic_dir, read_json, write_json
-from neuralmorph.data.images import (DISTORTION_KEYS, INTRINSIC_KEYS, TRANSFORMS_FILE, camera_from_nerfstudio,
-                                     image_size, load_image, load_mask, nerfstudio_from_camera, read_transforms,
-                                     rigid_problem)
+from neuralmorph.data.images import (DISTORTION_KEYS, INTRINSIC_KEYS, TRANSFORMS_FILE, image_size, load_image,
+                                     load_mask, nerfstudio_from_camera, parse_camera, read_transforms)
 from neuralmorph.errors import InputError
 from neuralmorph.evaluation.image_metrics import WINDOW, psnr, ssim
 from neuralmorph.fitting.image import ImageFit, View, fit_image, render_fit
 from neuralmorph.geometry.camera import Camera
-from neuralmorph.geometry.mesh import MAX_COORDINATE_MM, MESH_SUFFIXES, POINT_SUFFIXES, UNITS_MM, save_mesh
+from neuralmorph.geometry.mesh import MESH_SUFFIXES, POINT_SUFFIXES, UNITS_MM, save_mesh
 from neuralmorph.geometry.pnp import solve_pnp
 from neuralmorph.models.base import MorphableModel
 from neuralmorph.models.latents import save_latents
-from neuralmorph.render import bounding_box, hstack_images, save_png, turntable_cameras
+from neuralmorph.render import bounding_box, hstack_images, save_png, to_uint8, turntable_cameras
 
 if TYPE_CHECKING:
     from neuralmorph.commands.fit import FitCommand
@@ -82,17 +81,6 @@ def _units(meta: dict, units: str) -> str | None:
     return None if isinstance(meta, dict) and "units" in meta and units == "mm" else units
 
 
-def _number(path: Path, key: str, value, positive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InputError(path, f"{key} must be a number, got {value!r}")
-    v = float(value)
-    if not math.isfinite(v):
-        raise InputError(path, f"{key} must be a finite number, got {value!r}")
-    if positive and not v > 0:
-        raise InputError(path, f"{key} must be positive, got {v:g}")
-    return v
-
-
 def read_camera(path: str | Path, units: str = "mm") -> Camera:
     """One camera from a JSON object in nerfstudio's keys (fl_x, fl_y, cx, cy, w, h, transform_matrix: an
     OpenGL camera-to-world), its translation in the file's "units" (mm, cm, dm, m) or else `units`; every
@@ -116,36 +104,12 @@ def read_camera(path: str | Path, units: str = "mm") -> Camera:
         raise InputError("--units", f"unknown unit {chosen!r}; use one of {', '.join(UNITS_MM)}")
     if stated is not None and stated != chosen:
         raise InputError(path, f"says its units are {d['units']!r} but {chosen!r} was given (--units); drop one")
-    for key in DISTORTION_KEYS:
-        if key in d and _number(path, key, d[key]) != 0.0:
-            raise InputError(path, f"lens distortion {key}={d[key]:g} is not supported; undistort the image first")
-    fx, fy = (_number(path, k, d[k], positive=True) for k in ("fl_x", "fl_y"))
-    cx, cy = (_number(path, k, d[k]) for k in ("cx", "cy"))
-    w, h = (_number(path, k, d[k], positive=True) for k in ("w", "h"))
-    for key, v in (("w", w), ("h", h)):
-        if v != int(v):
-            raise InputError(path, f"{key} must be a whole number of pixels, got {v:g}")
-    w, h = int(w), int(h)
-    if not (0.0 <= cx <= w and 0.0 <= cy <= h):
-        raise InputError(path, f"principal point ({cx:g}, {cy:g}) lies outside the {w}x{h} image")
-    try:
-        m = np.array(d["transform_matrix"], dtype=np.float64)
-    except (TypeError, ValueError):
-        raise InputError(path, "transform_matrix must be a 4x4 list of numbers") from None
-    if m.shape != (4, 4) or any(isinstance(x, bool) for row in d["transform_matrix"] for x in row):
-        raise InputError(path, f"transform_matrix must be a 4x4 list of numbers, got shape {m.shape}")
-    problem = rigid_problem(m)
-    if problem:
-        raise InputError(path, f"transform_matrix is not a rigid camera-to-world: {problem}")
-    scale = UNITS_MM[chosen]
-    far = float(np.abs(m[:3, 3]).max()) * scale
-    if not far <= MAX_COORDINATE_MM:
-        raise InputError(path, f"the camera sits {far:.3g} mm from the origin, beyond any head's scale: wrong units?")
+    camera = parse_camera(path, "camera", d, {}, UNITS_MM[chosen])  # the checks of a transforms.json frame
     unknown = sorted(set(map(str, d)) - CAMERA_KEYS)
     if unknown:
         print(f"neuralmorph: warning: {path}: ignoring key(s) {', '.join(unknown)} (not used by neuralmorph)",
               file=sys.stderr)
-    return camera_from_nerfstudio(m, fx, fy, cx, cy, w, h, mm_per_unit=scale)
+    return camera
 
 
 def load_rgba(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
@@ -306,9 +270,6 @@ def _transforms_views(cfg: FitCommand, target: Path, model: MorphableModel) -> V
 # --- outputs --------------------------------------------------------------------------------------------
 
 
-def _u8(image: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(np.asarray(image, np.float64) * 255.0), 0, 255).astype(np.uint8)
-
 
 def _enlarged(image: np.ndarray) -> np.ndarray:
     k = max(1, math.ceil(MIN_SHOWN / min(image.shape[:2])))
@@ -351,7 +312,7 @@ def run_fit_image(cfg: FitCommand, model: MorphableModel, warn: Callable[[Morpha
     mesh = model.meshes(fit.latents)[0]
     turntable = render_fit(model, fit, turntable_cameras(mesh.vertices, TURNTABLE_VIEWS, TURNTABLE_SIZE, pitch_deg=0.0))
     shown = np.unique(np.linspace(0, len(renders) - 1, min(len(renders), MAX_SHOWN_VIEWS)).round().astype(int))
-    comparison = _vstack([_enlarged(hstack_images([_u8(data.views[i].image), _u8(renders[i])], pad=4))
+    comparison = _vstack([_enlarged(hstack_images([to_uint8(data.views[i].image), to_uint8(renders[i])], pad=4))
                           for i in shown])
     keys = dict.fromkeys(k for r in rows for k in r if k != "image")
     mean = {k: float(np.mean([r[k] for r in rows if k in r])) for k in keys}
@@ -367,7 +328,7 @@ def run_fit_image(cfg: FitCommand, model: MorphableModel, warn: Callable[[Morpha
         # the codes only: stage 2's per-Gaussian residuals live in gaussians.ply
         save_latents(tmp / "latents.json", model, fit.latents, fit_kind="images", views=data.names)
         save_png(tmp / "input_render.png", comparison)
-        save_png(tmp / "turntable.png", hstack_images([_u8(t) for t in turntable], pad=4))
+        save_png(tmp / "turntable.png", hstack_images([to_uint8(t) for t in turntable], pad=4))
         write_json(tmp / "metrics.json", metrics)
     print(f"fitted {cfg.target} ({len(rows)} view{'s' if len(rows) != 1 else ''}): PSNR {mean['psnr_db']:.2f} dB on "
           f"the input (mean head {mean['start_psnr_db']:.2f} dB), SSIM {mean['ssim']:.3f} in "

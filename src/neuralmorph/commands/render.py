@@ -27,7 +27,7 @@ from neuralmorph.geometry.camera import Camera
 from neuralmorph.outputs import Output, Verb
 from neuralmorph.render import (IMAGE_SUFFIXES, VIEWS, MeshRenderer, bounding_box, check_renderable, colorbar,
                                 error_colors, heatmap_errors, hstack_images, render_points, render_views, save_gif,
-                                save_image, turntable_cameras, view_camera)
+                                save_image, to_uint8, turntable_cameras, view_camera)
 
 DEFAULT_TURNTABLE = 8
 """Views of the turntable `--gif` shows when neither `--turntable` nor `--cameras` is given."""
@@ -121,7 +121,7 @@ def gaussian_frames(model, latents, cameras: list[Camera]) -> list[np.ndarray]:
     """The first head of `latents` (space -> (B, K)) of a model with appearance, its Gaussians seen by each
     camera on black: (H, W, 3) uint8 images."""
     images = model.render_views(latents, cameras, background=GAUSSIAN_BACKGROUND)
-    return [np.clip(np.rint(np.asarray(im, np.float64) * 255.0), 0, 255).astype(np.uint8) for im in images]
+    return [to_uint8(im) for im in images]
 
 
 def gaussian_strip(frames: list[np.ndarray]) -> np.ndarray:

@@ -11,6 +11,7 @@ trains from images (the Gaussian rasterizer, textured heads, `data synth --image
     load_image(path) -> (H, W, 3) float32 in [0, 1]
     load_mask(path) -> (H, W) float32 in [0, 1]
     camera_from_nerfstudio(transform_matrix, fl_x, fl_y, cx, cy, w, h, mm_per_unit=1.0) -> Camera
+    parse_camera(path, where, frame, meta, scale) -> Camera   # one JSON camera, checked (frames, --camera files)
     nerfstudio_from_camera(camera) -> dict                    # transform_matrix, fl_x, fl_y, cx, cy, w, h
     camera_to_world(camera) -> (4, 4) float64                 # OpenCV axes, mm
 
@@ -287,15 +288,12 @@ def _relative(path: Path, where: str, key: str, value) -> str:
     return value
 
 
-def _read_frame(path: Path, folder: Path, where: str, frame: dict, meta: dict, scale: float,
-                check_files: bool) -> ImageFrame:
-    if "file_path" not in frame:
-        raise InputError(path, f"{where}: no 'file_path'")
-    image = _relative(path, where, "file_path", frame["file_path"])
-    where = f"{where} ({image})"
-    mask = _relative(path, where, "mask_path", frame["mask_path"]) if "mask_path" in frame else None
+def parse_camera(path: Path, where: str, frame: dict, meta: dict, scale: float) -> Camera:
+    """Our Camera from one JSON object in nerfstudio's keys: intrinsics (fl_x, fl_y, cx, cy, w, h) from
+    `frame`, else from `meta` (a transforms.json's top level; {} for none), no lens distortion, and an
+    OpenGL camera-to-world `transform_matrix` whose translation is in units of `scale` mm. Every problem
+    is an InputError naming `path` and `where` (e.g. "frames[3]")."""
     _no_distortion(path, where, frame)
-
     fx, fy, cx, cy, w, h = (_intrinsic(path, where, k, frame, meta) for k in INTRINSIC_KEYS)
     for key, v in (("w", w), ("h", h)):
         if v != int(v) or v < 1:
@@ -324,6 +322,17 @@ def _read_frame(path: Path, folder: Path, where: str, frame: dict, meta: dict, s
     if not far <= MAX_COORDINATE_MM:
         raise InputError(path, f"{where}: the camera sits {far:.3g} mm from the origin, beyond any head's scale "
                                f"(at most {MAX_COORDINATE_MM:g} mm): wrong units?")
+    return camera_from_nerfstudio(m, fx, fy, cx, cy, w, h, mm_per_unit=scale)
+
+
+def _read_frame(path: Path, folder: Path, where: str, frame: dict, meta: dict, scale: float,
+                check_files: bool) -> ImageFrame:
+    if "file_path" not in frame:
+        raise InputError(path, f"{where}: no 'file_path'")
+    image = _relative(path, where, "file_path", frame["file_path"])
+    where = f"{where} ({image})"
+    mask = _relative(path, where, "mask_path", frame["mask_path"]) if "mask_path" in frame else None
+    camera = parse_camera(path, where, frame, meta, scale)
 
     labels = {}
     for key in ("subject", "expression"):
@@ -338,10 +347,10 @@ def _read_frame(path: Path, folder: Path, where: str, frame: dict, meta: dict, s
         labels["registered"] = r
 
     if check_files:
-        _check_image_file(path, where, folder / image, (w, h), "image")
+        size = (camera.width, camera.height)
+        _check_image_file(path, where, folder / image, size, "image")
         if mask is not None:
-            _check_image_file(path, where, folder / mask, (w, h), "mask")
-    camera = camera_from_nerfstudio(m, fx, fy, cx, cy, w, h, mm_per_unit=scale)
+            _check_image_file(path, where, folder / mask, size, "mask")
     return ImageFrame(image, camera, mask=mask, **labels)
 
 

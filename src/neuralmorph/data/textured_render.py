@@ -37,7 +37,7 @@ from neuralmorph.geometry.camera import Camera, look_at
 from neuralmorph.geometry.raycast import RayCaster
 
 __all__ = ["TexturedMesh", "Lighting", "Rendering", "TexturedRenderer", "render_textured", "orbit_camera",
-           "sh_basis", "srgb_encode", "srgb_decode", "read_obj_face_uvs", "load_textured_obj", "render_james"]
+           "sh_basis", "srgb_encode", "srgb_decode", "read_obj_face_uvs", "load_textured_obj", "load_james_textured", "render_james"]
 
 # ------------------------------------------------------------------------------------------ colour
 
@@ -531,6 +531,16 @@ def load_textured_obj(path: str | os.PathLike, texture: str | os.PathLike | None
     return TexturedMesh(mesh.vertices, mesh.faces, uv, load_texture(tex_path))
 
 
+def load_james_textured(cache=None) -> TexturedMesh:
+    """menpo3d's textured "james" scan (after `neuralmorph data fetch james`) in mm, axes as shipped (+y up,
+    +z where the face looks); InputError when the set is not fetched."""
+    from neuralmorph.data.fetch import JAMES_MM_PER_UNIT, _fetched
+
+    folder = _fetched("james", cache)
+    m = load_textured_obj(folder / "james.obj", folder / "james.jpg")
+    return TexturedMesh(m.vertices * JAMES_MM_PER_UNIT, m.faces, m.face_uvs, m.texture)
+
+
 def render_james(camera: Camera | None = None, size: int = 256, lighting: Lighting | None = None,
                  supersample: int = 2, yaw_deg: float = 0.0, pitch_deg: float = 0.0, cache=None,
                  background=(0.0, 0.0, 0.0)) -> Rendering:
@@ -540,11 +550,7 @@ def render_james(camera: Camera | None = None, size: int = 256, lighting: Lighti
     `yaw_deg` / `pitch_deg` around the scan's bounding-box centre, framing its bounding sphere in a
     `size` x `size` image. lighting: default `Lighting.studio()`. InputError when the set is not fetched.
     """
-    from neuralmorph.data.fetch import JAMES_MM_PER_UNIT, _fetched
-
-    folder = _fetched("james", cache)
-    m = load_textured_obj(folder / "james.obj", folder / "james.jpg")
-    mesh = TexturedMesh(m.vertices * JAMES_MM_PER_UNIT, m.faces, m.face_uvs, m.texture)
+    mesh = load_james_textured(cache)
     if camera is None:
         lo, hi = mesh.vertices.min(axis=0), mesh.vertices.max(axis=0)
         centre = 0.5 * (lo + hi)

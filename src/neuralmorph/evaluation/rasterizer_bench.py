@@ -36,6 +36,7 @@ import torch
 from neuralmorph.atomic import output_files, write_json
 from neuralmorph.errors import InputError
 from neuralmorph.outputs import Verb
+from neuralmorph.splat.project import matrix_to_quat
 
 AIMS = {"fast_fwd_bwd_s@256x256_20k": 0.5, "speedup": 5.0, "max_image_abs_diff": 1e-5, "max_grad_rel_diff": 1e-4}
 """What the benchmark is judged against (the first at most, on 2 cores)."""
@@ -73,26 +74,6 @@ class RasterizerBenchConfig(Verb):
             raise InputError("--sh-degree", f"must be 0..3, got {self.sh_degree}")
 
 
-def _rotation_to_quat(r: np.ndarray) -> np.ndarray:
-    """(M, 3, 3) float64 rotations -> (M, 4) unit quaternions wxyz (from the largest of the four squares)."""
-    m = r
-    tr = m[:, 0, 0] + m[:, 1, 1] + m[:, 2, 2]
-    sq = np.stack([1 + tr, 1 + m[:, 0, 0] - m[:, 1, 1] - m[:, 2, 2], 1 - m[:, 0, 0] + m[:, 1, 1] - m[:, 2, 2],
-                   1 - m[:, 0, 0] - m[:, 1, 1] + m[:, 2, 2]], axis=1)  # 4 w^2, 4 x^2, 4 y^2, 4 z^2
-    k = np.argmax(sq, axis=1)
-    q = np.empty((len(m), 4))
-    for i in range(4):
-        sel = k == i
-        s = np.sqrt(np.maximum(sq[sel, i], 1e-300))  # 2 |q_i|
-        a = m[sel]
-        wx, wy, wz = a[:, 2, 1] - a[:, 1, 2], a[:, 0, 2] - a[:, 2, 0], a[:, 1, 0] - a[:, 0, 1]  # 4 w x, 4 w y, 4 w z
-        xy, xz, yz = a[:, 0, 1] + a[:, 1, 0], a[:, 0, 2] + a[:, 2, 0], a[:, 1, 2] + a[:, 2, 1]  # 4 x y, ...
-        rows = {0: (s, wx / s, wy / s, wz / s), 1: (wx / s, s, xy / s, xz / s),
-                2: (wy / s, xy / s, s, yz / s), 3: (wz / s, xz / s, yz / s, s)}[i]
-        q[sel] = np.stack(rows, axis=1) / 2
-    return q / np.linalg.norm(q, axis=1, keepdims=True)
-
-
 def head_scene(n: int, width: int, height: int, seed: int = 0, dtype: torch.dtype = torch.float32,
                sh_degree: int | None = None) -> dict:
     """The benchmark's scene (see the module): keyword arguments of `splat.rasterize` as CPU tensors.
@@ -121,7 +102,7 @@ def head_scene(n: int, width: int, height: int, seed: int = 0, dtype: torch.dtyp
     x_axis = np.cos(ang) * t1 + np.sin(ang) * t2
     y_axis = np.cross(normals, x_axis)
     rot = np.stack([x_axis, y_axis, normals], axis=2)  # columns are the Gaussian's axes
-    quats = _rotation_to_quat(rot)
+    quats = matrix_to_quat(torch.as_tensor(rot)).numpy()
     scales = np.concatenate([rng.uniform(0.5, 1.0, (n, 2)), rng.uniform(0.1, 0.3, (n, 1))], axis=1) * spacing
     opacities = rng.uniform(0.3, 1.0, n)
     lo, hi = v.min(0), v.max(0)

@@ -35,7 +35,7 @@ from neuralmorph.models.base import Latents, MorphableModel
 class ImageFitConfig(Config):
     """Steps, weights and learning rates of an image fit."""
 
-    steps: int = 300
+    steps: int = 200
     """Stage 1: optimiser steps over the latents."""
     lr: float = 0.05
     """Stage 1: Adam learning rate of the whitened latents."""
@@ -43,7 +43,7 @@ class ImageFitConfig(Config):
     """Stage 1 also fits the geometry latents (False: the mesh family's mean head, or the given start)."""
     refine: Literal["none", "color", "all"] = "color"
     """Stage 2: per-Gaussian residuals of the colour, of every attribute (the free fit), or none."""
-    refine_steps: int = 100
+    refine_steps: int = 60
     """Stage 2: optimiser steps."""
     refine_lr: float = 0.005
     """Stage 2: Adam learning rate of the residuals."""
@@ -55,7 +55,7 @@ class ImageFitConfig(Config):
     """Weight of the L1 between rendered alpha and the mask (when a mask is given)."""
     landmark_weight: float = 1.0
     """Weight of the 2D landmark term: mean squared distance in units of the image's diagonal, x 1000."""
-    prior_weight: float = 1e-3
+    prior_weight: float = 3e-3
     """Weight of the priors' energy (mean squared whitened latent)."""
 
     def __post_init__(self):

@@ -40,6 +40,24 @@ from neuralmorph.training.trainer import Trainable, TrainerConfig
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
+SHIPPED_PREFIX = "shipped:"
+SHIPPED_MODELS = {"appearance": "assets/appearance"}
+"""Models that ship inside the package, loadable as `shipped:<name>` wherever a model folder is asked for
+(`load`, every verb's --model): name -> folder under the package."""
+
+
+def model_folder(folder: str | Path) -> Path:
+    """The folder a --model value names: a path, or `shipped:<name>` for a model in SHIPPED_MODELS."""
+    text = str(folder)
+    if not text.startswith(SHIPPED_PREFIX):
+        return Path(folder)
+    name = text[len(SHIPPED_PREFIX):]
+    if name not in SHIPPED_MODELS:
+        raise InputError("--model", f"no shipped model {name!r}; shipped: "
+                                    f"{', '.join(SHIPPED_PREFIX + n for n in SHIPPED_MODELS)}")
+    from importlib import resources
+
+    return Path(str(resources.files("neuralmorph").joinpath(SHIPPED_MODELS[name])))
 
 if TYPE_CHECKING:
     from neuralmorph.data.dataset import HeadDataset
@@ -482,8 +500,9 @@ class MorphableModel(torch.nn.Module, Trainable):
 
     @classmethod
     def load(cls, folder: str | Path, device: str | torch.device = "cpu") -> "MorphableModel":
-        """Load any registered family from a folder written by `save` (call on the base class or the family)."""
-        folder = Path(folder)
+        """Load any registered family from a folder written by `save` (call on the base class or the family),
+        or a shipped model by name (`shipped:appearance`, see SHIPPED_MODELS)."""
+        folder = model_folder(folder)
         cfg_path = folder / CONFIG_FILE
         if not cfg_path.is_file():
             raise InputError(folder, f"not a neuralmorph model folder (no {CONFIG_FILE})")

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
+from neuralmorph.errors import InputError
+
 LOW_PASS = 0.3
 """Added to the diagonal of every 2D covariance (px^2): the 3DGS screen-space low-pass filter."""
 SIGMAS = 3.0
@@ -69,6 +71,37 @@ def quat_to_rotmat(quats: torch.Tensor) -> torch.Tensor:
         2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
         2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
     ], dim=-1).reshape(*q.shape[:-1], 3, 3)
+
+
+def matrix_to_quat(R: torch.Tensor) -> torch.Tensor:
+    """Rotation matrices (..., 3, 3) float -> unit quaternions (..., 4) wxyz with w >= 0.
+
+    Each of 4w^2, 4x^2, 4y^2, 4z^2 is a signed sum of 1 and R's diagonal; each gives a candidate quaternion
+    by dividing the matching off-diagonal sums by its square root. The naive one (divide by 4w) blows up
+    near 180 degrees, so per element the candidate with the largest square is used. The four squares sum
+    to 4, so the chosen one is >= 1: flooring the others at 0.1 before the square root changes nothing
+    chosen and keeps the unchosen branches (and their gradients) finite. Differentiable; a matrix that is
+    only nearly a rotation gives the normalised quaternion of the chosen branch.
+    """
+    if R.ndim < 2 or R.shape[-2:] != (3, 3):
+        raise InputError("R", f"expected (..., 3, 3) matrices, got shape {tuple(R.shape)}")
+    m = R.unbind(-1)  # m[j][..., i] = R[..., i, j]
+    r = lambda i, j: m[j][..., i]
+    d0, d1, d2 = r(0, 0), r(1, 1), r(2, 2)
+    squares = torch.stack([1 + d0 + d1 + d2, 1 + d0 - d1 - d2, 1 - d0 + d1 - d2, 1 - d0 - d1 + d2], dim=-1)
+    sx, sy, sz = r(2, 1) - r(1, 2), r(0, 2) - r(2, 0), r(1, 0) - r(0, 1)  # 4wx, 4wy, 4wz
+    pxy, pxz, pyz = r(1, 0) + r(0, 1), r(0, 2) + r(2, 0), r(2, 1) + r(1, 2)  # 4xy, 4xz, 4yz
+    numerators = torch.stack([
+        torch.stack([squares[..., 0], sx, sy, sz], dim=-1),
+        torch.stack([sx, squares[..., 1], pxy, pxz], dim=-1),
+        torch.stack([sy, pxy, squares[..., 2], pyz], dim=-1),
+        torch.stack([sz, pxz, pyz, squares[..., 3]], dim=-1),
+    ], dim=-2)  # (..., 4 candidates, 4): candidate k is 4 q q_k
+    candidates = numerators / (2 * squares.clamp_min(0.1).sqrt()[..., None])  # divided by 4 |q_k|
+    best = squares.argmax(-1)[..., None, None].expand(*squares.shape[:-1], 1, 4)
+    q = candidates.gather(-2, best).squeeze(-2)
+    q = q / (q * q).sum(-1, keepdim=True).clamp_min(1e-12).sqrt()  # floored: finite gradient too
+    return q * torch.where(q[..., :1] < 0, -1.0, 1.0).to(q.dtype)  # q and -q are the same rotation
 
 
 def covariance_3d(quats: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:

@@ -1,12 +1,12 @@
-"""Run logging: `metrics.csv` always, TensorBoard scalars (and mesh previews) when `tensorboard` is installed.
+"""Run logging: `metrics.csv` always, TensorBoard scalars (and mesh / image previews) when `tensorboard` is installed.
 
 Only rank 0 builds a `RunLogger` that writes; other ranks get a disabled one. `metrics.csv` holds one
 row per step that logged anything (step, lr, loss, the model's own logs, `val/...` metrics of the
 validation split, `test/...` metrics of the test split at the last step); when a new column appears the
 file is rewritten with the wider header. TensorBoard tags are the same names, the training scalars
-under `train/`. On resume, rows after the checkpoint's step
-(written by the killed run after its last checkpoint) are dropped, and TensorBoard purges its events
-after that step too, so both read as one uninterrupted run.
+under `train/`; a model's previews (meshes and images, `previews`) go to TensorBoard only. On resume,
+rows after the checkpoint's step (written by the killed run after its last checkpoint) are dropped, and
+TensorBoard purges its events after that step too, so both read as one uninterrupted run.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import io
 import math
 import warnings
 from pathlib import Path
+
+import torch
 
 from neuralmorph.atomic import atomic_file
 
@@ -107,13 +109,21 @@ class RunLogger:
             for k, v in values.items():
                 self.writer.add_scalar(k if "/" in k else f"train/{k}", float(v), step)
 
-    def meshes(self, step: int, meshes: dict) -> None:
-        """TensorBoard mesh previews: name -> (vertices (1, V, 3) float, faces (1, F, 3) int); no-op without TB."""
+    def previews(self, step: int, items: dict) -> None:
+        """Write a model's TensorBoard previews at `step`; no-op without TensorBoard. Each value is either a
+        mesh, (vertices (1, V, 3) float, faces (1, F, 3) int), written with `add_mesh`, or an image, one
+        tensor (H, W, 3) float in [0, 1] (HWC), written with `add_image`."""
         if not self.enabled or self.writer is None:
             return
-        for name, (vertices, faces) in meshes.items():
-            self.writer.add_mesh(name, vertices=vertices.detach().float().cpu(), faces=faces.detach().int().cpu(),
-                                 global_step=step)
+        for name, value in items.items():
+            if isinstance(value, torch.Tensor):
+                if value.dim() != 3 or value.shape[-1] != 3:
+                    raise ValueError(f"preview {name!r}: an image must be (H, W, 3), got {tuple(value.shape)}")
+                self.writer.add_image(name, value.detach().float().cpu(), step, dataformats="HWC")
+            else:
+                vertices, faces = value
+                self.writer.add_mesh(name, vertices=vertices.detach().float().cpu(),
+                                     faces=faces.detach().int().cpu(), global_step=step)
 
     def flush(self) -> None:
         """Write everything recorded so far (called before each checkpoint, so files agree with it)."""

@@ -9,8 +9,8 @@ test score (`test/...`), atomic safetensors checkpoints and a bit-identical `res
 Determinism: the global batch of step s is a pure function of (seed, s) — consecutive slices of a stream
 of per-epoch permutations, each drawn from numpy's generator seeded with (seed, epoch) — so a resumed run
 sees exactly the batches the uninterrupted run would have; torch / numpy / python RNG states are saved
-in every checkpoint (per rank) and restored. Validation and the test score run with the RNG states saved
-and restored around them, so how often they run never changes the training trajectory.
+in every checkpoint (per rank) and restored. Validation, the test score and TensorBoard previews run with
+the RNG states saved and restored around them, so how often they run never changes the training trajectory.
 """
 
 from __future__ import annotations
@@ -148,9 +148,12 @@ class Trainable:
         loss at `step`, as `val/loss` and `test/loss`)."""
         return {"loss": self.training_loss(batch, step)[0]}
 
-    def preview(self, batch: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Meshes to show in TensorBoard, name -> (vertices (1, V, 3), faces (1, F, 3)), made from the first
-        validation item at each validation (rank 0 only, RNG state preserved). Default: none."""
+    def preview(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
+        """What to show in TensorBoard for `batch` (one default-collated item, on the device), name -> either
+        a mesh, (vertices (1, V, 3) float, faces (1, F, 3) int), or an image, one tensor (H, W, 3) float in
+        [0, 1] (HWC). Made from the first validation item at each validation, or, without a validation set,
+        from the first training item at each checkpoint step; rank 0 only, in eval mode under no_grad, RNG
+        state preserved. Default: none."""
         return {}
 
     def parameter_groups(self) -> list[dict]:
@@ -374,13 +377,14 @@ def _validate(model: torch.nn.Module, val_set: Dataset, config: TrainerConfig, i
     return {f"{prefix}/{k}": v / max(total_count, 1) for k, v in sorted(total.items())}
 
 
-def _preview(model: torch.nn.Module, val_set: Dataset, device: torch.device) -> dict:
-    """The model's TensorBoard meshes for the first validation item; touches no RNG stream and no weights."""
+def _preview(model: torch.nn.Module, dataset: Dataset, device: torch.device) -> dict:
+    """The model's TensorBoard previews (meshes, images) of the first item of `dataset`; touches no RNG
+    stream and no weights."""
     was_training = model.training
     with _preserved_rng(device), torch.no_grad():
         model.eval()
         try:
-            return model.preview(_to_device(default_collate([val_set[0]]), device))
+            return model.preview(_to_device(default_collate([dataset[0]]), device))
         finally:
             model.train(was_training)
 
@@ -394,7 +398,9 @@ def train(model: torch.nn.Module, train_set: Dataset, config: TrainerConfig, out
 
     train_set / val_set / test_set: map-style datasets whose items are dict[str, Tensor] (default-collated
     into batches). val_set is scored every `val_every` steps and at the end (`val/<name>`); test_set only
-    once, after the last step (`test/<name>`), so it can never steer a run. `out` must be absent, empty,
+    once, after the last step (`test/<name>`), so it can never steer a run. The model's TensorBoard previews
+    (`Trainable.preview`) show the first validation item at each validation, or, without a validation set,
+    the first training item at each checkpoint step. `out` must be absent, empty,
     the run to `resume` or, with `overwrite`, an earlier run to replace (`training.run_folder`); it is
     locked while the run lasts. resume: continue from out/checkpoints/latest (bit-identically on the
     same device and process count); the given config must equal the saved out/run_config.json, else
@@ -518,6 +524,7 @@ def train(model: torch.nn.Module, train_set: Dataset, config: TrainerConfig, out
         window_loss = torch.zeros((), dtype=torch.float64, device=device)
         window_logs: dict[str, float] = {}
         window_n = 0
+        has_val = val_set is not None and len(val_set) > 0
         model.train()
 
         for step, batch in zip(range(start_step, config.max_steps), loader):
@@ -564,12 +571,11 @@ def train(model: torch.nn.Module, train_set: Dataset, config: TrainerConfig, out
                 window_loss.zero_()
                 window_logs, window_n = {}, 0
 
-            if val_set is not None and len(val_set) > 0 and (
-                    (config.val_every and done % config.val_every == 0) or done == config.max_steps):
+            if has_val and ((config.val_every and done % config.val_every == 0) or done == config.max_steps):
                 metrics = _validate(model, val_set, config, info, step, autocast)
                 logger.log(done, metrics)
                 if info.is_main and logger.writer is not None:
-                    logger.meshes(done, _preview(model, val_set, info.device))
+                    logger.previews(done, _preview(model, val_set, info.device))
                 if metrics and info.is_main:
                     bar.write(f"step {done}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
             if test_set is not None and len(test_set) > 0 and done == config.max_steps:
@@ -578,7 +584,13 @@ def train(model: torch.nn.Module, train_set: Dataset, config: TrainerConfig, out
                 if metrics and info.is_main:
                     bar.write(f"step {done}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
 
-            if (config.checkpoint_every and done % config.checkpoint_every == 0) or done == config.max_steps:
+            checkpoint_now = done == config.max_steps or bool(config.checkpoint_every and done % config.checkpoint_every == 0)
+            if not has_val and checkpoint_now and info.is_main and logger.writer is not None:
+                # No validation set (e.g. the appearance family's default): the first training item, at
+                # each checkpoint, so such runs still show previews. Written before the checkpoint's flush.
+                logger.previews(done, _preview(model, train_set, info.device))
+
+            if checkpoint_now:
                 rngs = all_gather_objects(info, ckpt.capture_rng(device))
                 if info.is_main:
                     logger.flush()

@@ -29,7 +29,7 @@ from torch.nn import functional as F
 
 from neuralmorph.errors import InputError
 from neuralmorph.geometry.sampling import sample_barycentrics
-from neuralmorph.splat.project import quat_to_rotmat
+from neuralmorph.splat.project import matrix_to_quat, quat_to_rotmat
 
 EPS = 1e-12
 """Floor on lengths before dividing by them: a degenerate (zero-area or zero-edge) triangle gets a finite,
@@ -158,37 +158,6 @@ def triangle_frames(vertices: torch.Tensor, faces: torch.Tensor) -> tuple[torch.
 def _safe_norm(x: torch.Tensor) -> torch.Tensor:
     # sqrt of a floored square: finite value and gradient even at zero length
     return (x * x).sum(-1).clamp_min(EPS).sqrt()
-
-
-def matrix_to_quat(R: torch.Tensor) -> torch.Tensor:
-    """Rotation matrices (..., 3, 3) float -> unit quaternions (..., 4) wxyz with w >= 0.
-
-    Each of 4w^2, 4x^2, 4y^2, 4z^2 is a signed sum of 1 and R's diagonal; each gives a candidate quaternion
-    by dividing the matching off-diagonal sums by its square root. The naive one (divide by 4w) blows up
-    near 180 degrees, so per element the candidate with the largest square is used. The four squares sum
-    to 4, so the chosen one is >= 1: flooring the others at 0.1 before the square root changes nothing
-    chosen and keeps the unchosen branches (and their gradients) finite. Differentiable; a matrix that is
-    only nearly a rotation gives the normalised quaternion of the chosen branch.
-    """
-    if R.ndim < 2 or R.shape[-2:] != (3, 3):
-        raise InputError("R", f"expected (..., 3, 3) matrices, got shape {tuple(R.shape)}")
-    m = R.unbind(-1)  # m[j][..., i] = R[..., i, j]
-    r = lambda i, j: m[j][..., i]
-    d0, d1, d2 = r(0, 0), r(1, 1), r(2, 2)
-    squares = torch.stack([1 + d0 + d1 + d2, 1 + d0 - d1 - d2, 1 - d0 + d1 - d2, 1 - d0 - d1 + d2], dim=-1)
-    sx, sy, sz = r(2, 1) - r(1, 2), r(0, 2) - r(2, 0), r(1, 0) - r(0, 1)  # 4wx, 4wy, 4wz
-    pxy, pxz, pyz = r(1, 0) + r(0, 1), r(0, 2) + r(2, 0), r(2, 1) + r(1, 2)  # 4xy, 4xz, 4yz
-    numerators = torch.stack([
-        torch.stack([squares[..., 0], sx, sy, sz], dim=-1),
-        torch.stack([sx, squares[..., 1], pxy, pxz], dim=-1),
-        torch.stack([sy, pxy, squares[..., 2], pyz], dim=-1),
-        torch.stack([sz, pxz, pyz, squares[..., 3]], dim=-1),
-    ], dim=-2)  # (..., 4 candidates, 4): candidate k is 4 q q_k
-    candidates = numerators / (2 * squares.clamp_min(0.1).sqrt()[..., None])  # divided by 4 |q_k|
-    best = squares.argmax(-1)[..., None, None].expand(*squares.shape[:-1], 1, 4)
-    q = candidates.gather(-2, best).squeeze(-2)
-    q = q / _safe_norm(q)[..., None]
-    return q * torch.where(q[..., :1] < 0, -1.0, 1.0).to(q.dtype)  # q and -q are the same rotation
 
 
 def bind(vertices: torch.Tensor, faces: torch.Tensor, face_ids: torch.Tensor, barycentric: torch.Tensor,

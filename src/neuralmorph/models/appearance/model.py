@@ -265,6 +265,14 @@ class AppearanceModel(RegisteredModel):
     def validation_metrics(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
         return {"loss": self.training_loss(batch, step)[0]}
 
+    def preview(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The batch's first item rendered (its subject's code on its head, as in `training_loss`, clamped to
+        [0, 1]) beside its target image: {"appearance/render_vs_target": (H, 2W, 3) float32 in [0, 1]}."""
+        g = self.gaussians(self.codes[batch["subject"][:1]], batch["vertices"][:1])
+        h, w = batch["image"].shape[1:3]
+        rgb = self.render(g, 0, batch["viewmat"][0], batch["K"][0], w, h)["rgb"].clamp(0, 1)
+        return {"appearance/render_vs_target": torch.cat([rgb, batch["image"][0].to(rgb)], dim=1).detach()}
+
     def parameter_groups(self) -> list[dict]:
         """Networks at the trainer's rate; per-Gaussian bases and codes at their own, without weight decay."""
         c = self.config
@@ -319,6 +327,7 @@ class AppearanceModel(RegisteredModel):
         data.check_topology(len(template))
         layout = sample_layout(template, geometry.faces.cpu().numpy(), config.gaussians, config.layout_seed,
                                face_uvs=_head_face_uvs(geometry.faces.cpu().numpy()))
+        torch.manual_seed(seed)  # the generator's initial weights: the same seed, the same model
         model = cls(config, geometry, layout.face_ids, layout.barycentric, layout.uv, data.subjects)
         model._init_scales(template)
         return model
