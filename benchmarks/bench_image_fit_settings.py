@@ -31,7 +31,7 @@ def main() -> None:
     p.add_argument("settings", nargs="*", help='NAME={"field": value, ...}')
     p.add_argument("--identities", default="0", help="comma-separated test identity indices")
     p.add_argument("--oracle", action="store_true", help="also fit with the true geometry (one image; all views)")
-    args = p.parse_args()
+    args = p.parse_intermixed_args()
     settings = {"default": ImageFitConfig()}
     for item in args.settings:
         name, fields = item.split("=", 1)
