@@ -8,8 +8,8 @@ evaluate → report — with the linear 3DMM every neural family must beat.
    partial point clouds (2,500 points, NPHM's test protocol), and a few from raw scans (re-meshed,
    noisy, holed, posed: landmark alignment, ICP, then the point-cloud fit);
 4. sample new heads and measure the model's compactness, generalisation and specificity;
-5. appearance (`demo_appearance`): the shipped appearance model fitted to one photo of a head it never
-   saw (and of the real james scan, when fetched), scored on the views it did not see;
+5. appearance (`demo_appearance`): the shipped appearance model fitted to one photo each of two people it
+   never saw (and of the real james scan, when fetched), scored on the views it did not see;
 6. evaluate everything with the evaluation protocol and write DIR/report.html and DIR/metrics.json.
 
 Everything it makes stays to build on: DIR/data (the dataset), DIR/model, every fitted head as a mesh
@@ -77,8 +77,8 @@ class DemoConfig(Verb):
     eval_points: int = 100_000
     """Points per surface in the evaluation protocol."""
     appearance: bool = True
-    """Also fit the shipped appearance model to one photo of a held-out synthetic head (and of the james
-    scan when fetched) and score the views it did not see (--no-appearance: geometry only)."""
+    """Also fit the shipped appearance model to one photo each of two synthetic people it never saw (and of
+    the james scan when fetched) and score the views it did not see (--no-appearance: geometry only)."""
     seed: int = 0
     """Random seed."""
 
