@@ -26,9 +26,10 @@ import torch
 
 from neuralmorph.config import Config
 from neuralmorph.errors import InputError
-from neuralmorph.evaluation.image_metrics import psnr, ssim
+from neuralmorph.evaluation.image_metrics import psnr
 from neuralmorph.geometry.camera import Camera
 from neuralmorph.models.base import Latents, MorphableModel
+from neuralmorph.splat.optimize import photometric_loss
 
 
 @dataclass(frozen=True)
@@ -149,11 +150,7 @@ class _Views:
     def photometric(self, gaussians, i: int) -> torch.Tensor:
         c = self.config
         out = self.render(gaussians, i)
-        rgb, target = out["rgb"], self.images[i]
-        loss = (1 - c.ssim_weight) * (rgb - target).abs().mean() + c.ssim_weight * (1 - ssim(rgb, target))
-        if self.masks[i] is not None and c.mask_weight:
-            loss = loss + c.mask_weight * (out["alpha"] - self.masks[i]).abs().mean()
-        return loss
+        return photometric_loss(out["rgb"], self.images[i], c.ssim_weight, out["alpha"], self.masks[i], c.mask_weight)
 
     def landmark(self, vertices: torch.Tensor, i: int) -> torch.Tensor:
         """Mean squared distance (units of the image diagonal, x 1000) of the projected model landmarks."""
@@ -255,7 +252,4 @@ def render_fit(model: MorphableModel, fit: ImageFit, cameras: list[Camera], back
     """Images (H, W, 3) float32 in [0, 1] of a fitted head (residuals included) from `cameras`."""
     with torch.no_grad():
         g = fit.gaussians(model)
-        bg = torch.tensor(background, dtype=torch.float32, device=model.device)
-        return [model.render(g, 0, torch.as_tensor(np.array(cam.world_to_camera), dtype=torch.float32, device=model.device),
-                             _intrinsics(cam, model.device), cam.width, cam.height, bg)["rgb"].clamp(0, 1).cpu().numpy()
-                for cam in cameras]
+    return model.render_cameras(g, cameras, background)

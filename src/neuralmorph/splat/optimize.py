@@ -95,6 +95,15 @@ class GaussianFitResult:
     history: list[dict] = field(default_factory=list)  # {"step", "loss"} every 50 steps
 
 
+def photometric_loss(rgb: torch.Tensor, target: torch.Tensor, ssim_weight: float, alpha: torch.Tensor | None = None,
+                     mask: torch.Tensor | None = None, mask_weight: float = 0.0) -> torch.Tensor:
+    """3DGS's image loss, (1 − w) L1 + w (1 − SSIM), of a render `rgb` against `target` (both (H, W, 3) float),
+    plus `mask_weight` × L1 between the render's `alpha` and `mask` (both (H, W)) when a mask is given."""
+    loss = (1 - ssim_weight) * (rgb - target).abs().mean() + ssim_weight * (1 - ssim(rgb, target))
+    if mask is not None and mask_weight:
+        loss = loss + mask_weight * (alpha - mask).abs().mean()
+    return loss
+
 def initial_scene(points: np.ndarray, colors: np.ndarray | None = None, sh_degree: int = 1,
                   init_opacity: float = 0.5, device: str | torch.device = "cpu") -> GaussianScene:
     """Gaussians on `points` (N, 3) mm: isotropic, as wide as the mean distance to the 3 nearest other
@@ -154,8 +163,7 @@ def fit_gaussians(images: list[np.ndarray], cameras: list[Camera], scene: Gaussi
         v = int(rng.integers(len(cameras)))
         out = scene.render(cameras[v], bg)["rgb"]
         target = targets[v]
-        loss = (1 - config.ssim_weight) * (out - target).abs().mean() \
-            + config.ssim_weight * (1 - ssim(out, target))
+        loss = photometric_loss(out, target, config.ssim_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -34,16 +34,14 @@ from torch import nn
 
 from neuralmorph.data.dataset import HeadDataset
 from neuralmorph.errors import InputError
-from neuralmorph.evaluation.image_metrics import ssim
 from neuralmorph.geometry.camera import Camera
 from neuralmorph.geometry.mesh import Mesh
 from neuralmorph.models.appearance.binding import bind, sample_layout, sample_maps
 from neuralmorph.models.appearance.data import ImageTrainData
 from neuralmorph.models.appearance.generator import UVGenerator
-from neuralmorph.models.base import (GaussianPrior, Latents, ModelConfig, MorphableModel, RegisteredModel,
-                                     register)
+from neuralmorph.models.base import Latents, ModelConfig, MorphableModel, RegisteredModel, register
+from neuralmorph.splat.optimize import photometric_loss
 from neuralmorph.splat.rasterize import rasterize
-from neuralmorph.splat.sh import C0 as SH_C0
 from neuralmorph.training import TrainerConfig
 
 APPEARANCE = "appearance"
@@ -207,17 +205,19 @@ class AppearanceModel(RegisteredModel):
         return rasterize(g.means[index], g.quats[index], g.scales[index], g.opacities[index], g.sh[index],
                          viewmat, K, width, height, background=background)
 
+    def render_cameras(self, gaussians: Gaussians, cameras: list[Camera], background=(0.0, 0.0, 0.0)) -> list[np.ndarray]:
+        """Images (H, W, 3) float32 in [0, 1] of the first head of `gaussians` from each camera (no gradients)."""
+        with torch.no_grad():
+            bg = torch.tensor(background, dtype=torch.float32, device=self.device)
+            return [self.render(gaussians, 0, _tensor(cam.world_to_camera, self.device),
+                                _tensor(cam.intrinsics, self.device), cam.width, cam.height, bg)["rgb"].clamp(0, 1)
+                    .cpu().numpy() for cam in cameras]
+
     def render_views(self, latents: Latents, cameras: list[Camera], background=(0.0, 0.0, 0.0)) -> list[np.ndarray]:
         """Images (H, W, 3) float32 in [0, 1] of the first head of `latents` from each camera."""
         with torch.no_grad():
             g = self.gaussians_of({n: z[:1] for n, z in latents.items()})
-            bg = torch.tensor(background, dtype=torch.float32, device=self.device)
-            out = []
-            for cam in cameras:
-                r = self.render(g, 0, _tensor(cam.world_to_camera, self.device), _tensor(cam.intrinsics, self.device),
-                                cam.width, cam.height, bg)
-                out.append(r["rgb"].clamp(0, 1).cpu().numpy())
-        return out
+        return self.render_cameras(g, cameras, background)
 
     def save_ply(self, gaussians: Gaussians, index: int, path, overwrite: bool = False) -> None:
         """Write one head's Gaussians (row `index`) as a standard 3DGS PLY (`splat.ply`), mm."""
@@ -231,13 +231,10 @@ class AppearanceModel(RegisteredModel):
     # --- training ------------------------------------------------------------------------------------
 
     def photometric_loss(self, rendered: dict, image: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """(1 − w) L1 + w (1 − SSIM) against `image` (H, W, 3), + the alpha-vs-mask L1 when a mask is given."""
+        """`splat.optimize.photometric_loss` against `image` (H, W, 3) with this model's weights (the
+        alpha-vs-mask term when a mask is given)."""
         c = self.config
-        rgb = rendered["rgb"]
-        loss = (1 - c.ssim_weight) * (rgb - image).abs().mean() + c.ssim_weight * (1 - ssim(rgb, image))
-        if mask is not None and c.mask_weight:
-            loss = loss + c.mask_weight * (rendered["alpha"] - mask).abs().mean()
-        return loss
+        return photometric_loss(rendered["rgb"], image, c.ssim_weight, rendered["alpha"], mask, c.mask_weight)
 
     def regularisers(self, attributes: tuple[torch.Tensor, ...], code: torch.Tensor) -> dict[str, torch.Tensor]:
         """GaussianAvatars' hinges (offsets beyond one triangle size, scales beyond `scale_limit` times their
