@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from neuralmorph.data.dataset import HeadDataset
 from neuralmorph.data.images import load_image, load_mask
 from neuralmorph.data.synth import SynthConfig, synthesize
 from neuralmorph.errors import InputError

@@ -7,7 +7,8 @@ import pytest
 
 from neuralmorph.geometry.mesh import Mesh, load_mesh, save_mesh
 
-NEW_VERBS = [["train"], ["train", "pca"], ["train", "regional"], ["fit"], ["sample"], ["interpolate"], ["transfer"],
+NEW_VERBS = [["train"], ["train", "pca"], ["train", "regional"], ["train", "prior"], ["bench", "prior"], ["fit"],
+             ["sample"], ["interpolate"], ["transfer"],
              ["edit"], ["export"], ["evaluate-model"], ["evaluate-real"], ["render"], ["data", "fetch"],
              ["bench"], ["bench", "fidelity"]]
 

@@ -8,9 +8,9 @@ import from here.
 
 from __future__ import annotations
 
-from neuralmorph.commands.bench import (AppearanceBenchConfig, ExtractionBenchConfig, FidelityConfig, RasterizerBenchConfig,
-                                       run_appearance_bench, run_extraction_bench, run_fidelity,
-                                       run_rasterizer_bench)
+from neuralmorph.commands.bench import (AppearanceBenchConfig, ExtractionBenchConfig, FidelityConfig, PriorBenchConfig,
+                                       RasterizerBenchConfig, run_appearance_bench, run_extraction_bench, run_fidelity,
+                                       run_prior_bench, run_rasterizer_bench)
 from neuralmorph.commands.data import (FetchConfig, InfoConfig, IngestConfig, SynthConfig, run_fetch, run_info,
                                       run_ingest, run_synth)
 from neuralmorph.commands.demo import DemoConfig, run_demo
@@ -21,6 +21,7 @@ from neuralmorph.commands.fit import FitCommand, run_fit
 from neuralmorph.commands.generate import (ExportConfig, InterpolateConfig, SampleConfig, TransferConfig, run_export,
                                           run_interpolate, run_sample, run_transfer)
 from neuralmorph.commands.observe import ObserveConfig, run_observe
+from neuralmorph.commands.prior import TrainPriorConfig, run_train_prior
 from neuralmorph.commands.render import RenderConfig, run_render
 from neuralmorph.commands.train import train_commands
 
@@ -33,7 +34,7 @@ COMMANDS: dict[str, object] = {
         "fetch": (FetchConfig, run_fetch),
         "observe": (ObserveConfig, run_observe),
     },
-    "train": train_commands(),
+    "train": {**train_commands(), "prior": (TrainPriorConfig, run_train_prior)},
     "fit": (FitCommand, run_fit),
     "sample": (SampleConfig, run_sample),
     "interpolate": (InterpolateConfig, run_interpolate),
@@ -50,10 +51,13 @@ COMMANDS: dict[str, object] = {
         "extraction": (ExtractionBenchConfig, run_extraction_bench),
         "rasterizer": (RasterizerBenchConfig, run_rasterizer_bench),
         "appearance": (AppearanceBenchConfig, run_appearance_bench),
+        "prior": (PriorBenchConfig, run_prior_bench),
     },
     "demo": (DemoConfig, run_demo),
 }
 
-GROUP_HELP = {"data": "Make, import and inspect datasets.", "train": "Train a model of one family on a dataset.",
-              "bench": "Measure families side by side, the Gaussian rasterizer, and single-image appearance fits."}
+GROUP_HELP = {"data": "Make, import and inspect datasets.",
+              "train": "Train a model of one family on a dataset, or a diffusion prior over a model's latents.",
+              "bench": "Measure families side by side, the Gaussian rasterizer, single-image appearance fits and "
+                       "latent priors."}
 """Help line of each verb group."""

@@ -1,6 +1,6 @@
-"""`neuralmorph bench fidelity | extraction | rasterizer | appearance`: measure families side by side, what
-implicit mesh extraction saves, the fast Gaussian rasterizer against its reference, and single-image
-appearance fits.
+"""`neuralmorph bench fidelity | extraction | rasterizer | appearance | prior`: measure families side by side,
+what implicit mesh extraction saves, the fast Gaussian rasterizer against its reference, single-image
+appearance fits, and the diffusion prior against the Gaussian.
 
 `FidelityConfig`, `ExtractionBenchConfig` and `RasterizerBenchConfig` are the library functions' own inputs
 (`evaluation.fidelity.bench_fidelity`, `evaluation.extraction_bench.bench_extraction`,
@@ -16,6 +16,7 @@ from pathlib import Path
 from neuralmorph.evaluation.appearance_bench import METHODS, AppearanceBenchConfig, bench_appearance
 from neuralmorph.evaluation.extraction_bench import AIMS, ExtractionBenchConfig, bench_extraction
 from neuralmorph.evaluation.fidelity import FidelityConfig, bench_fidelity
+from neuralmorph.evaluation.prior_bench import PriorBenchConfig, bench_prior
 from neuralmorph.evaluation.rasterizer_bench import RasterizerBenchConfig, bench_rasterizer
 
 FIDELITY_COLUMNS = ("vertex_error_mm", "face/vertex_error_mm", "chamfer_l1_mm", "fscore@1mm", "chamfer_l1_mm_face",
@@ -73,5 +74,21 @@ def run_appearance_bench(cfg: AppearanceBenchConfig) -> dict:
     for name in METHODS:
         row = r["methods"][name]
         print(f"{name:18s}" + "".join(f"{row[k]:24.3f}" for k in cols))
+    print(f"-> {cfg.out}")
+    return r
+
+
+def run_prior_bench(cfg: PriorBenchConfig) -> dict:
+    """`neuralmorph bench prior`: the Gaussian and the diffusion prior of each mesh family side by side; print
+    their generative metrics and fits, return the report."""
+    r = bench_prior(cfg)
+    cols = ("mmd_cd_mm", "cov", "nna_1", "specificity_cd_mm", "sample_seconds_100")
+    fit_cols = ("chamfer_l1_face_mm", "f_score_1mm_face")
+    print(f"{'family / prior':22s}" + "".join(f"{k:>20s}" for k in cols + fit_cols))
+    for family, priors in r["families"].items():
+        for kind, row in priors.items():
+            fit = r["fits"][family][kind]
+            print(f"{family + ' / ' + kind:22s}" + "".join(f"{row[k]:20.4f}" for k in cols)
+                  + "".join(f"{fit[k]:20.4f}" for k in fit_cols))
     print(f"-> {cfg.out}")
     return r

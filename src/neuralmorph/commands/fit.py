@@ -34,6 +34,7 @@ from neuralmorph.geometry.sampling import sample_surface
 from neuralmorph.models.base import MorphableModel
 from neuralmorph.models.latents import save_latents
 from neuralmorph.outputs import Verb
+from neuralmorph.prior.latent import load_prior
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,9 @@ class FitCommand(Verb):
     (perspective-n-point against the model's mean head: unknown focal, centred principal point)."""
     image_fit: ImageFitConfig = field(default_factory=ImageFitConfig)
     """Image targets: the image fit's steps, weights and learning rates (`fitting.image`)."""
+    prior: Path | None = None
+    """A diffusion prior trained for this model (`train prior`: its run folder or out/prior), whose
+    denoising energy replaces the Gaussian prior energy of a mesh fit (`--fit.prior`, `--fit.diffusion-weight`)."""
 
 
 def load_observation(cfg: FitCommand, model: MorphableModel) -> tuple[Observation, Mesh | None]:
@@ -155,10 +159,11 @@ def run_fit(cfg: FitCommand) -> dict:
     refuse_image_flags(cfg)
     observation, target = load_observation(cfg, model)  # target: the file's mesh; None for a folder
     warn_if_untrained(model, cfg.model)
-    result = fit_observation(model, observation, cfg.fit, cfg.implicit, cfg.landmark_weight, progress=True)
+    prior = cfg.fit.latent_prior(model, load_prior(model, cfg.prior) if cfg.prior is not None else None)
+    result = fit_observation(model, observation, cfg.fit, cfg.implicit, cfg.landmark_weight, progress=True, prior=prior)
     single = target is not None  # one file, one fitted head: fit.ply; a folder: one per observation
     metrics = observation_metrics(observation, result, target)
-    fit_info = {"kind": observation.kind, "family": model.family, "observations": len(result.meshes),
+    fit_info = {"kind": observation.kind, "family": model.family, "observations": len(result.meshes), "prior": prior.kind,
                 "seconds": time.perf_counter() - start, "pose": result.pose.as_dict(),
                 "config": asdict(cfg.fit) if model.geometry == "mesh" else asdict(cfg.implicit),
                 **result.diagnostics()}

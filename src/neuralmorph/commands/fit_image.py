@@ -302,6 +302,8 @@ def run_fit_image(cfg: FitCommand, model: MorphableModel, warn: Callable[[Morpha
     if not model.has_appearance:
         raise InputError("--model", f"a {model.family!r} model has no appearance; the image target {cfg.target} needs "
                                     "an appearance model (`neuralmorph train appearance`)")
+    if cfg.prior is not None:
+        raise InputError("--prior", "serves mesh fits of points; an image fit uses the model's Gaussian priors")
     data = load_views(cfg, model)
     warn(model, cfg.model)
     fit: ImageFit = fit_image(model, data.views, cfg.image_fit, progress=True)

@@ -46,10 +46,23 @@ class SampleConfig(Verb):
     """Torch device."""
     resolution: int = 128
     """Grid cells per axis when the model is an implicit (SDF) family; unused by mesh families."""
+    prior: Path | None = None
+    """A diffusion prior trained for this model (`train prior`: its run folder or out/prior); unset: the
+    model's own Gaussian prior."""
+    condition: tuple[str, ...] = ()
+    """SPACE=LATENTS.json: keep latent space SPACE at the code in that latents file (e.g.
+    identity=fit/latents.json: expressions for one person) and draw the others given it; repeatable."""
+    steps: int | None = None
+    """Diffusion prior: DDIM sampling steps (unset: the prior's own default)."""
 
     def __post_init__(self):
         if self.n < 1:
             raise InputError("--n", f"need at least 1 head, got {self.n}")
+        if self.steps is not None and self.steps < 1:
+            raise InputError("--steps", f"must be at least 1, got {self.steps}")
+        for item in self.condition:
+            if "=" not in item or not item.split("=", 1)[0] or not item.split("=", 1)[1]:
+                raise InputError("--condition", f"expected SPACE=LATENTS.json, got {item!r}")
         if not 0 <= self.temperature <= MAX_TEMPERATURE:  # NaN fails too
             raise InputError("--temperature", f"must be a finite number in [0, {MAX_TEMPERATURE:g}], got {self.temperature}")
         _check_resolution(self.resolution)
@@ -174,11 +187,23 @@ def transfer(identity_of: Latents, expression_of: Latents, identity_spaces: tupl
 
 
 def run_sample(cfg: SampleConfig) -> None:
+    from neuralmorph.prior.latent import load_prior
+
     model = MorphableModel.load(cfg.model, device=cfg.device)
-    _write_heads(model, model.sample(cfg.n, cfg.temperature, cfg.seed), cfg.out, "sample", cfg.resolution,
-                 cfg.overwrite, appearance=model.has_appearance)
+    prior = load_prior(model, cfg.prior)
+    condition = {}
+    for item in cfg.condition:
+        space, path = item.split("=", 1)
+        code = load_latents(path, model)
+        if space not in code:
+            raise InputError("--condition", f"{path} holds no {space!r} latent (it has {', '.join(code)})")
+        condition[space] = code[space]
+    latents = prior.sample(cfg.n, cfg.temperature, cfg.seed, condition or None, steps=cfg.steps)
+    _write_heads(model, latents, cfg.out, "sample", cfg.resolution, cfg.overwrite, appearance=model.has_appearance)
     extra = " with their Gaussians and renders" if model.has_appearance else ""
-    print(f"sampled {cfg.n} heads{extra} (temperature {cfg.temperature}, seed {cfg.seed}) -> {cfg.out}")
+    given = f", {', '.join(condition)} fixed" if condition else ""
+    print(f"sampled {cfg.n} heads{extra} from the {prior.kind} prior (temperature {cfg.temperature}, seed {cfg.seed}"
+          f"{given}) -> {cfg.out}")
 
 
 def run_interpolate(cfg: InterpolateConfig) -> None:

@@ -52,7 +52,7 @@ class AppearanceBenchConfig(Verb):
     """Where to write {"methods": {...}, "real_scan": {...}, "protocol": ..., "machine": ...} (JSON)."""
     quick: bool = False
     """The quick run: 128² images, 10,000 Gaussians, 24 + 4 identities, 1,500 training steps (about 10 min on
-    2 cores); the full run: 256², 20,000 Gaussians, 48 + 8 identities, 3,000 steps."""
+    2 cores); the full run: 256², 20,000 Gaussians, 96 + 12 identities, 4,000 steps."""
     work_dir: Path | None = None
     """Keep the data and models here (unset: a folder beside --out)."""
     seed: int = 0
@@ -68,8 +68,8 @@ class AppearanceBenchConfig(Verb):
         if self.quick:
             return {"image_size": 128, "gaussians": 10_000, "train_subjects": 24, "test_subjects": 4, "views": 8,
                     "steps": 1500}
-        return {"image_size": 256, "gaussians": 20_000, "train_subjects": 48, "test_subjects": 8, "views": 8,
-                "steps": 3000}
+        return {"image_size": 256, "gaussians": 20_000, "train_subjects": 96, "test_subjects": 12, "views": 8,
+                "steps": 4000}
 
 
 def _yaw(camera, centre: np.ndarray) -> float:

@@ -115,6 +115,9 @@ class ImplicitFitConfig:
     """Weight schedule of any regulariser whose name is not in `reg_weights`."""
     reg_at: tuple[float, ...] = (0.0, 0.2, 0.5, 0.6)
     """Fractions of `steps` where each regulariser phase starts."""
+    diffusion_weight: float = 1e-3
+    """With a diffusion prior (`fit --prior`): weight of its denoising energy on the drawn observations' codes
+    (DPHMs' prior term), added to the model's own code regularisers."""
     temporal_code_weight: float = 0.0
     """Sequences: weight of the mean squared difference of consecutive frames' whitened expression codes."""
     temporal_deformation_weight: float = 30.0
@@ -397,8 +400,9 @@ def _expression_starts(model, ys: list[torch.Tensor], config: ImplicitFitConfig,
 
 
 def _optimise(model, ys: list[torch.Tensor], config: ImplicitFitConfig, temporal: bool,
-              progress: bool) -> tuple[Latents, dict]:
+              progress: bool, diffusion=None) -> tuple[Latents, dict]:
     dev = model.device
+    noise = torch.Generator().manual_seed(config.seed)
     n = len(ys)
     k_id = model.latent_sizes["identity"]
     rng = np.random.default_rng(config.seed)
@@ -465,6 +469,9 @@ def _optimise(model, ys: list[torch.Tensor], config: ImplicitFitConfig, temporal
         for name, value in model.code_regularizers(z_id, z_ex).items():
             parts[name] = value
             weighted = weighted + config.reg_weight(name, step) * value
+        if diffusion is not None:
+            parts["diffusion"] = diffusion.energy({"identity": z_id, "expression": z_ex}, noise).mean()
+            weighted = weighted + config.diffusion_weight * parts["diffusion"]
         if config.head_pose:
             parts["head_pose"] = torch.stack([head_rot[i].square().sum() + head_shift[i].square().sum()
                                               for i in sel]).mean()
@@ -523,7 +530,7 @@ def _final_convergence(model, ys: list[torch.Tensor], latents: Latents, config: 
 
 
 def _fit(model, clouds: Sequence[np.ndarray], config: ImplicitFitConfig, pose: Similarity | None, temporal: bool,
-         progress: bool) -> ImplicitFitResult:
+         progress: bool, diffusion=None) -> ImplicitFitResult:
     for name in ("identity", "expression"):
         if name not in model.latent_sizes:
             raise InputError(model.family, f"has no {name!r} latent space; cannot fit it as an implicit model")
@@ -536,7 +543,7 @@ def _fit(model, clouds: Sequence[np.ndarray], config: ImplicitFitConfig, pose: S
                                 scale=config.align_scale, seed=config.seed)
     with _frozen(model):
         latents, stats = _optimise(model, _canonical(model, arrays, [to_model] * len(arrays)), config, temporal,
-                                   progress)
+                                   progress, diffusion)
         to_model = stats["refinement"].compose(to_model)
         # the head motions act after the shared pose (on the model-frame side)
         per_obs = [head.compose(to_model) for head in stats["heads"]]
@@ -558,7 +565,7 @@ def _fit(model, clouds: Sequence[np.ndarray], config: ImplicitFitConfig, pose: S
 
 def fit_point_clouds(model, clouds: Sequence[np.ndarray], config: ImplicitFitConfig = ImplicitFitConfig(),
                      progress: bool = False, pose: Similarity | None = None,
-                     sequence: bool = False) -> ImplicitFitResult:
+                     sequence: bool = False, diffusion=None) -> ImplicitFitResult:
     """Fit one identity and one expression per observation to point clouds of one subject.
 
     model: an implicit model (`sdf`, `deform`, `deformation`, `prior`, `frame`, `code_regularizers`,
@@ -567,10 +574,11 @@ def fit_point_clouds(model, clouds: Sequence[np.ndarray], config: ImplicitFitCon
     `config.align` (the default) the shared initial alignment (`align.py`) refines the pose, or finds it
     when none is given; without it the pose (default: none, the target is in the model's frame) is
     used as is. sequence: the clouds are consecutive frames, tie their expressions with the temporal terms.
+    diffusion: a `prior.latent.DiffusionLatentPrior` whose energy joins the code regularisers.
     Returns latents identity (1, Ki) and expression (n, Ke), one mesh per observation in the target's
     coordinates, the loss history and the convergence counts.
     """
-    return _fit(model, clouds, config, pose, sequence, progress)
+    return _fit(model, clouds, config, pose, sequence, progress, diffusion)
 
 
 def fit_depth_sequence(model, frames: Sequence[DepthFrame | tuple], config: ImplicitFitConfig = ImplicitFitConfig(),

@@ -49,24 +49,52 @@ class FitConfig:
     """Also refine a scale (observations in unknown units)."""
     pose_warmup: int = 20
     """Steps of pose-and-identity only before expression latents join."""
+    prior: Literal["auto", "gaussian", "diffusion"] = "auto"
+    """The prior energy: the model's Gaussians (‖w‖²), or a diffusion prior's denoising energy (given with
+    `fit --prior`); auto: the diffusion prior when one is given."""
+    diffusion_weight: float = 20.0
+    """The diffusion energy's weight relative to prior_weight (its gradient is a noisy score, of another
+    scale than ‖w‖²'s); follows the same schedule."""
+    diffusion_draws: int = 8
+    """Noise draws averaged per step in the diffusion energy (fewer: a noisier gradient)."""
 
     def __post_init__(self):
         if self.steps < 0 or self.lr <= 0:
             raise InputError("fit config", f"steps must be >= 0 and lr > 0, got {self.steps}, {self.lr}")
-        if self.prior_weight < 0 or self.prior_weight_end < 0:
+        if self.prior_weight < 0 or self.prior_weight_end < 0 or self.diffusion_weight < 0:
             raise InputError("fit config", "prior weights must not be negative")
+        if self.diffusion_draws < 1:
+            raise InputError("--fit.diffusion-draws", f"must be at least 1, got {self.diffusion_draws}")
+
+    def latent_prior(self, model, diffusion=None):
+        """The `LatentPrior` this config asks for, from the model and an optional loaded diffusion prior
+        (`prior.latent.load_prior`'s); InputError when it asks for a diffusion prior and none is given."""
+        from neuralmorph.prior.latent import GaussianLatentPrior
+
+        if self.prior == "diffusion" and diffusion is None:
+            raise InputError("--fit.prior", "diffusion needs a trained prior: give --prior FOLDER (`train prior`)")
+        if self.prior == "gaussian" or diffusion is None:
+            return GaussianLatentPrior(model)
+        return diffusion
 
 
 def fit(model: RegisteredModel, terms: Sequence, config: FitConfig = FitConfig(), init_pose: Similarity | None = None,
-        init_latents: Latents | None = None, progress: bool = False) -> FitResult:
-    """Minimise Σ term.weight · mean robust(term.residuals(posed vertices)) + prior energy."""
+        init_latents: Latents | None = None, progress: bool = False, prior=None, seed: int = 0) -> FitResult:
+    """Minimise Σ term.weight · mean robust(term.residuals(posed vertices)) + prior energy.
+
+    prior: a `prior.latent.LatentPrior` (None: the model's Gaussians, ‖w‖²); a diffusion prior's energy is
+    drawn at random noise levels (`seed`), `config.diffusion_draws` per step."""
+    from neuralmorph.prior.latent import GaussianLatentPrior
+
     dev = model.device
+    prior = prior if prior is not None else GaussianLatentPrior(model)
+    noise = torch.Generator().manual_seed(seed)
     pose0 = init_pose or Similarity()
     whitened = {}
-    for name, prior in model.prior.items():
-        start = torch.zeros(1, len(prior.mean), device=dev)
+    for name, gaussian in model.prior.items():
+        start = torch.zeros(1, len(gaussian.mean), device=dev)
         if init_latents is not None:
-            start = prior.whiten(init_latents[name].to(dev))
+            start = gaussian.whiten(init_latents[name].to(dev))
         whitened[name] = start.clone().requires_grad_(True)
     rot0 = torch.as_tensor(pose0.rotation, dtype=torch.float32, device=dev)
     trans0 = torch.as_tensor(pose0.translation, dtype=torch.float32, device=dev)
@@ -94,10 +122,9 @@ def fit(model: RegisteredModel, terms: Sequence, config: FitConfig = FitConfig()
         frac = step / max(config.steps - 1, 1)
         prior_w = config.prior_weight * (config.prior_weight_end / config.prior_weight) ** frac if config.prior_weight > 0 else 0.0
         opt.zero_grad()
-        _, v = posed_vertices()
+        latents, v = posed_vertices()
         data = sum(t.weight * robust(t.residuals(v), config.robust, config.robust_scale_mm).mean() for t in terms)
-        prior = sum((w**2).sum() for w in whitened.values())
-        loss = data + prior_w * prior
+        loss = data + prior_w * prior.fit_energy(latents, whitened, config, noise)
         loss.backward()
         if step < config.pose_warmup and "expression" in whitened:
             whitened["expression"].grad = None  # identity and pose settle first

@@ -303,6 +303,13 @@ class MorphableModel(torch.nn.Module, Trainable):
         fit may start from. None for the others."""
         return None
 
+    def dataset_latents(self, dataset: "HeadDataset", split: str = "train") -> Latents:
+        """The latents of every head of `split` (space -> (N, K) float32, rows in the dataset's head order):
+        what a latent prior (`neuralmorph.prior`) learns the joint distribution of. Each family gives the
+        codes its own Gaussian priors were fitted to, per head, so both priors learn from the same data.
+        Base version: refuses."""
+        raise InputError("--model", f"a {self.family!r} model cannot give latents for a dataset's heads")
+
     def held_out_error(self, dataset: "HeadDataset", split: str = "train", training_set: Any = None) -> dict | None:
         """How well the trained model explains data it was not trained on, next to the same error of its
         mean head (the trivial model that predicts one average head for everything), for the training

@@ -194,6 +194,29 @@ class PCAModel(RegisteredModel):
                 out.prior[name].scale_tril.copy_(self.prior[name].scale_tril[:k, :k])
         return out.to(self.device)
 
+    @torch.no_grad()
+    def dataset_latents(self, dataset: HeadDataset, split: str = "train") -> Latents:
+        """Each registered head of `split` as `build` codes it: the identity of its subject's neutral head,
+        the expression of its residual from that head (zero for the neutral head itself)."""
+        if dataset.vertices is None:
+            raise InputError(dataset.where, "holds no registered heads to give latents for")
+        neutral = neutral_rows(dataset, split)
+        heads = [h for h in dataset.heads if h.split == split and h.registered >= 0]
+        if not heads:
+            raise InputError(dataset.where, f"no registered heads in the {split!r} split")
+        if dataset.n_vertices != self.n_vertices:
+            raise InputError(dataset.where, f"its heads have {dataset.n_vertices} vertices, the model {self.n_vertices}")
+        v = torch.as_tensor(np.asarray(dataset.vertices, np.float64))
+        flat = lambda basis: basis.double().reshape(len(basis), -1)  # noqa: E731  (K, 3N)
+        own = v[[h.registered for h in heads]].reshape(len(heads), -1)
+        base = v[[neutral[h.subject] for h in heads]].reshape(len(heads), -1)
+        # z_k = <x, σ_k u_k> / σ_k²: the standardised projection `build` fits its priors to
+        z_id = (base - self.mean.double().reshape(1, -1).cpu()) @ flat(self.identity_basis).cpu().T \
+            / self.identity_spectrum[:self.latent_sizes["identity"]].double().cpu()
+        z_ex = (own - base) @ flat(self.expression_basis).cpu().T \
+            / self.expression_spectrum[:self.latent_sizes["expression"]].double().cpu()
+        return {"identity": z_id.float().to(self.device), "expression": z_ex.float().to(self.device)}
+
     # --- closed-form fit -----------------------------------------------------------------------------
 
     @torch.no_grad()

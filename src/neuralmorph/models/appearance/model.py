@@ -350,6 +350,19 @@ class AppearanceModel(RegisteredModel):
         self.prior[APPEARANCE].fit(self.codes.detach())
         return self
 
+    def dataset_latents(self, dataset: HeadDataset, split: str = "train") -> Latents:
+        """The mesh family's latents of every registered head of `split`, with its subject's trained
+        appearance code (every subject must be one this model was trained on)."""
+        out = self.mesh_model.dataset_latents(dataset, split)
+        subjects = [h.subject for h in dataset.heads if h.split == split and h.registered >= 0]
+        index = {s: i for i, s in enumerate(self.subjects)}
+        unknown = sorted(set(subjects) - set(index))
+        if unknown:
+            raise InputError(dataset.where, f"subject(s) {', '.join(unknown[:3])} of the {split!r} split have no "
+                                            "trained appearance code (train on them first)")
+        out[APPEARANCE] = self.codes.detach()[[index[s] for s in subjects]].clone()
+        return out
+
     def training_latents(self) -> Latents | None:
         return None  # codes are per subject (appearance only); geometry latents come from the mesh family
 

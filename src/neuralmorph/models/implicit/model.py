@@ -425,6 +425,15 @@ class ImplicitModel(MorphableModel):
         return {"identity": self.identity_codes.detach()[self.code_subject].clone(),
                 "expression": self.expression_codes.detach().clone()}
 
+    def dataset_latents(self, dataset: HeadDataset, split: str = "train") -> Latents:
+        """The trained codes of the training heads (`training_latents`): an auto-decoder has codes only for
+        the heads it was trained on, so `split` must be the split it was trained on."""
+        trained = (self.training_record or {}).get("split")
+        if trained is not None and split != trained:
+            raise InputError("--split", f"the implicit model was trained on the {trained!r} split; it has codes "
+                                        f"only for those heads, not the {split!r} split's")
+        return self.training_latents()
+
     @torch.no_grad()
     def fit_prior(self, dataset: HeadDataset | None = None, training_set: ImplicitSamples | None = None) -> "ImplicitModel":
         """Full-covariance Gaussians over the trained identity and expression codebooks (the arguments of

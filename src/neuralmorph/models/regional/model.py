@@ -604,15 +604,24 @@ class RegionalModel(RegisteredModel):
         from neuralmorph.models.regional.prior import fit_control_prior
 
         data = (training_set or RegionalTrainData(dataset, "train")).vertices
-        was = self.training
-        self.eval()
-        codes = torch.cat([self.encode(data[i:i + batch_size].to(self.device))["global"].cpu()
-                           for i in range(0, len(data), batch_size)])
-        self.train(was)
-        self.prior["global"].fit(codes)
+        self.prior["global"].fit(self._codes(data, batch_size).cpu())
         if control:
             fit_control_prior(self, dataset)
         return self
+
+    @torch.no_grad()
+    def dataset_latents(self, dataset: HeadDataset, split: str = "train", batch_size: int = 64) -> Latents:
+        """The encoded global code of every registered head of `split` (what `fit_prior` fits)."""
+        return {"global": self._codes(RegionalTrainData(dataset, split).vertices, batch_size)}
+
+    def _codes(self, vertices: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """(N, V, 3) mm -> (N, K) encoded global codes, in eval mode, `batch_size` heads at a time."""
+        was = self.training
+        self.eval()
+        codes = torch.cat([self.encode(vertices[i:i + batch_size].to(self.device))["global"]
+                           for i in range(0, len(vertices), batch_size)])
+        self.train(was)
+        return codes
 
     @classmethod
     def for_benchmark(cls, latent_size: int) -> tuple[RegionalConfig, TrainerConfig]:

@@ -1,0 +1,1 @@
+"""Learned priors over a head model's latents: `diffusion.DiffusionPrior`, a denoising-diffusion prior."""
