@@ -25,8 +25,6 @@ when james is not fetched (the entry says so).
 from __future__ import annotations
 
 import dataclasses
-import os
-import platform
 import statistics
 import time
 from dataclasses import dataclass
@@ -36,7 +34,7 @@ import numpy as np
 import torch
 
 from neuralmorph.atomic import output_files, work_folder, write_json
-from neuralmorph.outputs import Verb
+from neuralmorph.evaluation.bench_run import TrainingBench, machine_info
 
 AIMS = {"psnr_heldout_db": 26.0, "over_mean_db": 3.0, "fit_seconds_256": 60.0}
 """Held-out-view PSNR of the identity field at least; its margin over the mean appearance at least; the
@@ -45,7 +43,7 @@ METHODS = ("identity_field", "mean_appearance", "free_gaussians")
 
 
 @dataclass(frozen=True)
-class AppearanceBenchConfig(Verb):
+class AppearanceBenchConfig(TrainingBench):
     """Train the appearance family on synthetic identities, fit held-out ones from one image, score unseen views."""
 
     out: Path = Path("appearance.json")
@@ -53,16 +51,8 @@ class AppearanceBenchConfig(Verb):
     quick: bool = False
     """The quick run: 128² images, 10,000 Gaussians, 24 + 4 identities, 1,500 training steps (about 10 min on
     2 cores); the full run: 256², 20,000 Gaussians, 96 + 12 identities, 4,000 steps."""
-    work_dir: Path | None = None
-    """Keep the data and models here (unset: a folder beside --out)."""
     seed: int = 0
     """Seed of the population and the training."""
-    device: str = "cpu"
-    """Torch device of training and fitting."""
-
-    def _work(self) -> Path:
-        """The work folder: a folder of ours, reused between runs (`atomic.work_folder`)."""
-        return self.work_dir if self.work_dir is not None else self.out.with_name(self.out.stem + "_work")
 
     def settings(self) -> dict:
         if self.quick:
@@ -217,8 +207,7 @@ def bench_appearance(cfg: AppearanceBenchConfig, log=print) -> dict:
                      "model": config.to_dict(), "seed": cfg.seed},
         "train_seconds": train_s,
         "seconds": time.perf_counter() - start,
-        "machine": {"processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")},
+        "machine": machine_info(),
         "command": "neuralmorph bench appearance" + (" --quick" if cfg.quick else ""),
     }
     with output_files(cfg.out, overwrite=cfg.overwrite) as (path,):

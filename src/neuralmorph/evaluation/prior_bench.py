@@ -24,18 +24,15 @@ The data model: {"families": {family: {"gaussian": {...}, "diffusion": {...}}}, 
 from __future__ import annotations
 
 import dataclasses
-import os
-import platform
 import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from neuralmorph.atomic import output_files, work_folder, write_json
-from neuralmorph.outputs import Verb
+from neuralmorph.evaluation.bench_run import TrainingBench, machine_info
 
 AIMS = {"nna_closer_points": 5.0, "sample_seconds_100": 1.0}
 """The diffusion prior's 1-NNA at least this many points closer to 50% than the Gaussian's (COV no lower);
@@ -49,7 +46,7 @@ VALIDATION_FITS = 6
 
 
 @dataclass(frozen=True)
-class PriorBenchConfig(Verb):
+class PriorBenchConfig(TrainingBench):
     """Compare a diffusion prior with the Gaussian on the same models: generative metrics and fits."""
 
     out: Path = Path("prior.json")
@@ -58,15 +55,8 @@ class PriorBenchConfig(Verb):
     """The quick run: 500 identities (100 held out), 100 samples against 100 held-out heads, regional 1,500
     steps, prior 4,000 steps, 10 fits (about 15 min on 2 cores); the full run: 1,000 identities, 200 samples
     against 200 held-out heads, regional 6,000 steps, prior 10,000 steps, 30 fits."""
-    work_dir: Path | None = None
-    """Keep the data, models and priors here (unset: a folder beside --out)."""
     seed: int = 0
     """Seed of the population, the training runs, the samples and the fits."""
-    device: str = "cpu"
-    """Torch device of training."""
-
-    def _work(self) -> Path:
-        return self.work_dir if self.work_dir is not None else self.out.with_name(self.out.stem + "_work")
 
     def settings(self) -> dict:
         if self.quick:
@@ -200,8 +190,7 @@ def bench_prior(cfg: PriorBenchConfig, log=print) -> dict:
                      "fit": "single-view 2,500-point clouds, mesh loop (FitConfig defaults), face region, points "
                             "protocol 50,000", "seed": cfg.seed},
         "seconds": time.perf_counter() - start,
-        "machine": {"processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")},
+        "machine": machine_info(),
         "command": "neuralmorph bench prior" + (" --quick" if cfg.quick else ""),
     }
     with output_files(cfg.out, overwrite=cfg.overwrite) as (path,):
